@@ -1,0 +1,1 @@
+"""seebench comparators: training-free methods, each registered by name."""

@@ -1,0 +1,1 @@
+"""seebench: the instrument (suites, runner, metrics, records, reports, CLI)."""

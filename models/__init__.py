@@ -1,0 +1,1 @@
+"""seebench machinery: backbones, the executor, plans, own-weight architectures, the tiny lab."""

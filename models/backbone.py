@@ -1,0 +1,243 @@
+"""Backbones: an HF multimodal model seen as the parts the executor calls.
+
+A backbone turns images + prompts into an embedded :class:`~harness.models.batch.Batch` (vision
+tower, projector, token-type map, original positions) and exposes its decoder's submodules.  It
+never changes the HF model: the executor calls ``q_proj``, ``k_proj``, ... and the backbone's
+``rope`` / ``rotate`` give the rotary embedding of each family.
+
+Families: ``llava`` (LLaVA-1.5), ``llava_next`` (LLaVA-NeXT, anyres) and ``qwen2_vl`` (M-RoPE).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .batch import Batch
+
+FAMILIES = ("llava", "llava_next", "qwen2_vl")
+
+
+class BackboneError(ValueError):
+    """Bad backbone input; the message is one line that names the problem and the fix."""
+
+
+@dataclass
+class VisionOutput:
+    """What the vision side produced for a batch of images (one entry per image)."""
+
+    features: list[torch.Tensor]  # raw vision features the projector consumed, per image [n, d_vis]
+    embeds: list[torch.Tensor]  # projector output per image [n_visual, h]
+    coords: list[torch.Tensor]  # (grid, row, col) per visual token [n_visual, 3]
+    vision_layers_run: int = 0  # encoder layers actually computed (feature layer -2 skips the last)
+    vision_layers_total: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Backbone:
+    """Base class: decoder access shared by every family."""
+
+    family: str = ""
+    position_dims: int = 1
+
+    def __init__(
+        self, model: nn.Module, processor: Any = None, source: str = "", weights: str = "pretrained"
+    ):
+        self.model = model.eval()
+        self.processor = processor
+        self.source = source
+        self.weights = weights  # "pretrained" or "random-init"
+        self.config = model.config
+        self.text_config = model.config.get_text_config()
+        self.decoder = model.model.language_model
+        attn0 = self.decoder.layers[0].self_attn
+        self.num_heads = self.text_config.num_attention_heads
+        self.num_kv_heads = getattr(self.text_config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = attn0.q_proj.out_features // self.num_heads
+        self.hidden_size = self.text_config.hidden_size
+        self.intermediate_size = self.text_config.intermediate_size
+
+    # ---- decoder parts used by the executor
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.decoder.layers
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder.layers)
+
+    @property
+    def norm(self) -> nn.Module:
+        return self.decoder.norm
+
+    @property
+    def embed_tokens(self) -> nn.Module:
+        return self.decoder.embed_tokens
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.model.lm_head
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    def rope(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [B, N, d] for positions [P, B, N] (the family's own rotary module)."""
+        return self.decoder.rotary_emb(x, positions[0])
+
+    @staticmethod
+    def rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Apply RoPE to t [B, H, N, d] (rotate-half convention shared by Llama and Qwen2)."""
+        cos, sin = cos[:, None], sin[:, None]
+        half = t.shape[-1] // 2
+        rot = torch.cat((-t[..., half:], t[..., :half]), dim=-1)
+        return t * cos + rot * sin
+
+    def visual_projection(
+        self, layer: int, batch: Batch, vidx: torch.Tensor, x: torch.Tensor
+    ) -> torch.Tensor:
+        raise BackboneError(
+            f"backbone '{self.family}' has no per-layer visual projectors; kv_source 'projector' needs "
+            "an architecture with its own weights (e.g. saisa)"
+        )
+
+    # ---- inputs
+    @property
+    def image_token_id(self) -> int:
+        return int(self.config.image_token_id)
+
+    def encode(self, inputs: dict[str, Any], sample_ids: list[str] | None = None) -> Batch:
+        """Processor outputs (input_ids, attention_mask, pixel values, ...) -> embedded batch."""
+        raise NotImplementedError
+
+    def hf_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """The HF model's own forward logits [B, N, V] (the reference for ``harness verify``)."""
+        raise NotImplementedError
+
+    def hf_generate(self, inputs: dict[str, Any], max_new_tokens: int) -> torch.Tensor:
+        gen = self.model.generate(
+            **self._hf_kwargs(inputs),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+        return gen[:, inputs["input_ids"].shape[1] :]
+
+    def _hf_kwargs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return dict(inputs)
+
+    def build_inputs(self, prompts: list[str], images: list[Any]) -> dict[str, Any]:
+        """Images + prompts -> model inputs through the checkpoint's own processor (left padding)."""
+        if self.processor is None:
+            raise BackboneError(
+                f"checkpoint '{self.source}' has no processor files (preprocessor_config.json, tokenizer); "
+                "save the processor next to the weights with processor.save_pretrained(DIR)"
+            )
+        tok = getattr(self.processor, "tokenizer", None)
+        if tok is not None:
+            tok.padding_side = "left"
+        out = self.processor(images=images, text=prompts, return_tensors="pt", padding=True)
+        return dict(out)
+
+    # ---- provenance
+    def weights_hash(self) -> str:
+        """A short content hash of the weights (first/last bytes of every tensor + shapes)."""
+        h = hashlib.sha256()
+        for name, p in sorted(self.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(str(tuple(p.shape)).encode())
+            flat = p.detach().reshape(-1)
+            for part in (flat[:8], flat[-8:]):
+                h.update(part.float().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "source": self.source,
+            "weights": self.weights,
+            "layers": self.num_layers,
+            "hidden": self.hidden_size,
+            "heads": self.num_heads,
+            "kv_heads": self.num_kv_heads,
+            "ffn": self.intermediate_size,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "weights_hash": self.weights_hash(),
+        }
+
+
+def family_of(config: Any) -> str:
+    model_type = getattr(config, "model_type", "")
+    if model_type not in FAMILIES:
+        raise BackboneError(
+            f"unknown backbone model_type '{model_type}': supported are {', '.join(FAMILIES)} "
+            "(LLaVA-1.5, LLaVA-NeXT, Qwen2-VL)"
+        )
+    return model_type
+
+
+def wrap(model: nn.Module, processor: Any = None, source: str = "", weights: str = "pretrained") -> Backbone:
+    """Wrap an already-built HF model in the backbone class of its family."""
+    family = family_of(model.config)
+    if family in ("llava", "llava_next"):
+        from .llava import LlavaBackbone, LlavaNextBackbone
+
+        cls = LlavaBackbone if family == "llava" else LlavaNextBackbone
+    else:
+        from .qwen2_vl import Qwen2VLBackbone
+
+        cls = Qwen2VLBackbone
+    return cls(model, processor=processor, source=source, weights=weights)
+
+
+def load_backbone(name_or_dir: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Backbone:
+    """Load a checkpoint from a local directory (or a hub id when the hub is reachable)."""
+    import transformers
+
+    path = Path(name_or_dir)
+    looks_local = path.exists() or name_or_dir.startswith((".", "/", "~")) or name_or_dir.count("/") != 1
+    if looks_local and not path.exists():
+        raise BackboneError(
+            f"model directory '{name_or_dir}' does not exist; pass a local checkpoint directory "
+            "(saved with save_pretrained) or a hub id like llava-hf/llava-1.5-7b-hf"
+        )
+    if path.exists() and not (path / "config.json").exists():
+        raise BackboneError(
+            f"'{name_or_dir}' has no config.json; it is not a save_pretrained checkpoint directory"
+        )
+    try:
+        config = transformers.AutoConfig.from_pretrained(name_or_dir)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackboneError(f"cannot load config of '{name_or_dir}': {first}") from None
+    family = family_of(config)
+    cls_name = {
+        "llava": "LlavaForConditionalGeneration",
+        "llava_next": "LlavaNextForConditionalGeneration",
+        "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    }[family]
+    model_cls = getattr(transformers, cls_name)
+    model = model_cls.from_pretrained(name_or_dir, dtype=dtype, attn_implementation="sdpa").to(device)
+    processor = None
+    try:
+        processor = transformers.AutoProcessor.from_pretrained(name_or_dir)
+    except (OSError, ValueError, TypeError, KeyError):
+        processor = None
+    weights = "pretrained"
+    meta = path / "seebench.json"
+    if meta.exists():
+        weights = json.loads(meta.read_text()).get("weights", weights)
+    return wrap(model, processor=processor, source=name_or_dir, weights=weights)

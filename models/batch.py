@@ -1,0 +1,112 @@
+"""The embedded batch the executor runs: embeddings plus a token-type map and original positions.
+
+Ragged batches are normal: samples are left-padded to a common length ``N``; ``token_type`` is
+``PAD`` there.  Visual token counts may differ per sample (LLaVA-NeXT anyres, Qwen2-VL dynamic
+resolution, pre-LLM pruning).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import torch
+
+
+class TokenType(IntEnum):
+    PAD = 0
+    SYSTEM = 1  # tokens before the first image token (BOS, system prompt, "USER:")
+    VISUAL = 2  # image tokens (projector output)
+    TEXT = 3  # everything after the image: question, "ASSISTANT:", generated tokens
+
+
+@dataclass
+class Batch:
+    """An embedded, left-padded batch.
+
+    Shapes: ``embeds`` [B, N, h]; ``token_type`` [B, N] (:class:`TokenType`); ``positions``
+    [P, B, N] with P = 1 (1-D RoPE) or 3 (Qwen2-VL M-RoPE: temporal, height, width);
+    ``next_position`` [B] = the position of the first generated token (full multimodal length);
+    ``visual_index`` [B, N] = k for the k-th image token of its sample, -1 elsewhere;
+    ``visual_coords`` [B, N, 3] = (grid id, row, col) of each image token on its feature grid,
+    -1 elsewhere (LLaVA-NeXT: grid 0 = base image, 1 = high-resolution tiles; newline tokens -1).
+    ``vision_features``: per sample, the raw vision features the projector consumed
+    [n_visual, d_vision] (SAISA's per-layer projectors and pre-LLM methods read them).
+    """
+
+    embeds: torch.Tensor
+    token_type: torch.Tensor
+    positions: torch.Tensor
+    next_position: torch.Tensor
+    visual_index: torch.Tensor
+    visual_coords: torch.Tensor
+    sample_ids: list[str]
+    vision_features: list[torch.Tensor] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.embeds.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.embeds.shape[1]
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return self.token_type != TokenType.PAD
+
+    def visual_counts(self) -> list[int]:
+        return (self.token_type == TokenType.VISUAL).sum(1).tolist()
+
+    def lengths(self) -> list[int]:
+        return self.valid.sum(1).tolist()
+
+    def select(self, rows: list[int]) -> Batch:
+        """The sub-batch of the given samples, re-padded to their own longest length."""
+        lengths = self.valid[rows].sum(1)
+        n = int(lengths.max())
+        sl = slice(self.seq_len - n, self.seq_len)
+        feats = None if self.vision_features is None else [self.vision_features[r] for r in rows]
+        return Batch(
+            embeds=self.embeds[rows, sl],
+            token_type=self.token_type[rows, sl],
+            positions=self.positions[:, rows, sl],
+            next_position=self.next_position[rows],
+            visual_index=self.visual_index[rows, sl],
+            visual_coords=self.visual_coords[rows, sl],
+            sample_ids=[self.sample_ids[r] for r in rows],
+            vision_features=feats,
+            extras=dict(self.extras),
+        )
+
+
+def token_types_from_ids(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, image_token_id: int
+) -> torch.Tensor:
+    """System = before the first image token, visual = image tokens, text = after, pad = masked.
+
+    A sample without image tokens is all text.
+    """
+    is_img = input_ids == image_token_id
+    valid = attention_mask.bool()
+    seen_img = torch.cumsum(is_img.int(), dim=1) > 0
+    has_img = is_img.any(dim=1, keepdim=True)
+    tt = torch.full_like(input_ids, int(TokenType.TEXT))
+    tt[has_img & ~seen_img] = int(TokenType.SYSTEM)
+    tt[is_img] = int(TokenType.VISUAL)
+    tt[~valid] = int(TokenType.PAD)
+    return tt
+
+
+def visual_index_from_types(token_type: torch.Tensor) -> torch.Tensor:
+    is_vis = token_type == TokenType.VISUAL
+    idx = torch.cumsum(is_vis.long(), dim=1) - 1
+    return torch.where(is_vis, idx, torch.full_like(idx, -1))
+
+
+def left_pad_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """1-D positions that start at 0 on the first real token of each left-padded sample [1,B,N]."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.clamp(min=0)[None]

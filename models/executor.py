@@ -1,0 +1,626 @@
+"""The executor: runs a backbone's decoder layers itself, carrying out a :class:`VisualPlan`.
+
+Follow one visual token: the batch (``batch.py``) gives it a type, an original position and a
+grid coordinate.  Before each layer the plan may replace its state (``kv_source``) or drop it
+(``drop_before``).  Inside the layer the plan decides whether it is a query (``visual_query``),
+which keys it sees (``visual_attn``), whether text sees it (``visual_kv``), which heads serve it
+(``visual_heads``) and how wide its FFN is (``visual_ffn``).  After the layer it may be dropped by
+a score computed inside the layer (``drop_after``).  The KV cache (``kv_cache.py``) keeps, per
+layer, exactly the entries a generated token may read.
+
+Two modes carry out the same plan:
+
+* ``drop`` (default): only the rows a layer computes exist in its matmuls.  Query rows, key rows
+  and FFN rows are gathered per sample, dropped tokens leave the sequence, and the KV cache holds
+  only readable entries.  This is where real savings come from.
+* ``mask``: every token stays in every matmul and the plan is applied with boolean masks and
+  zeroed updates, as the reference implementations do.  ``drop`` and ``mask`` must give the same
+  logits (tests/test_executor_modes.py).
+
+No transformers internals are patched: the executor calls the HF submodules (``q_proj``,
+``k_proj``, ``v_proj``, ``o_proj``, the norms, ``mlp`` and its projections, the rotary embedding,
+``lm_head``) and PyTorch SDPA with boolean masks.  Attention scores are computed only for the rows
+a selector needs (e.g. the last prompt token), never by switching the model to eager attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .batch import Batch, TokenType
+from .kv_cache import KVCache, LayerKV
+from .plan import LayerPlan, PlanError, SelectContext, VisualPlan
+
+Mode = Literal["drop", "mask"]
+VIS = int(TokenType.VISUAL)
+SYS = int(TokenType.SYSTEM)
+PAD = int(TokenType.PAD)
+
+
+@dataclass
+class LayerStats:
+    """Visual-token budget of one layer, per sample (README section 2.2)."""
+
+    present: list[int]  # visual tokens carried into the layer
+    attn_q: list[int]  # visual tokens that are attention queries
+    kv: list[int]  # visual keys readable by non-visual queries
+    ffn: list[int]  # visual tokens through the FFN
+    rows_q: int = 0  # query rows computed (incl. padding slots): the work drop mode does
+    rows_kv: int = 0  # key rows computed
+
+
+@dataclass
+class PrefillOutput:
+    logits: torch.Tensor  # [B, V] at the last prompt token
+    cache: KVCache | None
+    stats: list[LayerStats]
+    all_logits: torch.Tensor | None = None  # [B, N, V] at original sequence slots (rows not present: nan)
+    text_logits_mask: torch.Tensor | None = None  # [B, N] bool: slots holding real logits
+
+
+@dataclass
+class _State:
+    """Per-sample token state, row-aligned; the last row of every tensor is a scratch row."""
+
+    x: torch.Tensor  # [B, M, h]
+    ttype: torch.Tensor  # [B, M]
+    pos: torch.Tensor  # [P, B, M]
+    order: torch.Tensor  # [B, M] original sequence slot (causality follows it)
+    vidx: torch.Tensor  # [B, M]
+    coords: torch.Tensor  # [B, M, 3]
+    alive: torch.Tensor  # [B, M] real token still taking part (mask mode marks drops here)
+    next_pos: torch.Tensor  # [B] position of the first generated token (changes on renumber)
+    renumbered: bool = False
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def m(self) -> int:
+        return self.x.shape[1]
+
+
+def _gather_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t [B, M, ...] gathered at idx [B, K] along dim 1."""
+    if t.dim() == 2:
+        return torch.gather(t, 1, idx)
+    shape = idx.shape + t.shape[2:]
+    return torch.gather(t, 1, idx.reshape(*idx.shape, *([1] * (t.dim() - 2))).expand(shape))
+
+
+def _select_index(sel: torch.Tensor, scratch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices of the True entries of sel [B, M], per sample in row order, padded with the
+    scratch row; returns (idx [B, K], real [B, K])."""
+    counts = sel.sum(1)
+    k = int(counts.max()) if sel.numel() else 0
+    perm = torch.sort((~sel).to(torch.int8), dim=1, stable=True).indices[:, :k]
+    real = torch.arange(k, device=sel.device)[None] < counts[:, None]
+    idx = torch.where(real, perm, torch.full_like(perm, scratch))
+    return idx, real
+
+
+class Executor:
+    """Runs prefill, decode and greedy generation of a backbone under a visual plan."""
+
+    def __init__(self, backbone, mode: Mode = "drop") -> None:
+        if mode not in ("drop", "mask"):
+            raise ValueError(f"unknown executor mode '{mode}': use 'drop' or 'mask'")
+        self.bb = backbone
+        self.mode: Mode = mode
+
+    # ------------------------------------------------------------------ prefill
+    @torch.inference_mode()
+    def prefill(
+        self,
+        batch: Batch,
+        plan: VisualPlan | None = None,
+        *,
+        all_logits: bool = False,
+        cache_extra: int | None = 0,
+    ) -> PrefillOutput:
+        """Run the prompt through every layer.  ``cache_extra``: generated tokens to reserve in
+        the KV cache (``None`` = build no cache, e.g. for FLOPs and prefill-only timing)."""
+        bb = self.bb
+        plan = plan or VisualPlan.dense(bb.num_layers)
+        plan.validate(bb.num_layers, bb.num_heads, bb.intermediate_size)
+        st = self._initial_state(batch)
+        layers_kv: list[LayerKV] = []
+        stats: list[LayerStats] = []
+        for li, lp in enumerate(plan.layers):
+            if lp.kv_source != "state":
+                self._overwrite_visual(st, batch, li, lp)
+            if lp.drop_before is not None:
+                self._apply_selector(st, li, lp, lp.drop_before, batch, when="before")
+            kv = self._layer(st, li, lp, stats, batch, cache_extra)
+            if kv is not None:
+                layers_kv.append(kv)
+        hidden_last, last_rows = self._last_rows(st)
+        logits = bb.lm_head(bb.norm(hidden_last))[:, 0]
+        out = PrefillOutput(
+            logits=logits.float(),
+            cache=KVCache(layers_kv) if cache_extra is not None else None,
+            stats=stats,
+        )
+        if all_logits:
+            n = batch.seq_len
+            full = torch.full((batch.batch_size, n, logits.shape[-1]), float("nan"))
+            have = st.alive[:, :-1] & (st.ttype[:, :-1] != PAD)
+            lg = bb.lm_head(bb.norm(st.x[:, :-1])).float()
+            b_idx, r_idx = torch.nonzero(have, as_tuple=True)
+            full[b_idx, st.order[b_idx, r_idx]] = lg[b_idx, r_idx]
+            mask = torch.zeros(batch.batch_size, n, dtype=torch.bool)
+            mask[b_idx, st.order[b_idx, r_idx]] = True
+            out.all_logits, out.text_logits_mask = full, mask
+        return out
+
+    def _initial_state(self, batch: Batch) -> _State:
+        b, n, h = batch.embeds.shape
+        dev = batch.embeds.device
+
+        def pad1(t: torch.Tensor, value) -> torch.Tensor:
+            extra = torch.full((*t.shape[:-1], 1), value, dtype=t.dtype, device=dev)
+            return torch.cat([t, extra], dim=-1)
+
+        x = torch.cat([batch.embeds, batch.embeds.new_zeros(b, 1, h)], 1)
+        coords = torch.cat([batch.visual_coords, batch.visual_coords.new_full((b, 1, 3), -1)], 1)
+        ttype = pad1(batch.token_type.long(), PAD)
+        return _State(
+            x=x,
+            ttype=ttype,
+            pos=pad1(batch.positions.long(), 0),
+            order=pad1(torch.arange(n, device=dev).expand(b, n), n),
+            vidx=pad1(batch.visual_index.long(), -1),
+            coords=coords,
+            alive=ttype != PAD,
+            next_pos=batch.next_position.clone().long(),
+        )
+
+    # ------------------------------------------------------------------ one layer
+    def _roles(
+        self, st: _State, lp: LayerPlan
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        valid = st.alive
+        is_vis = st.ttype == VIS
+        is_sys = st.ttype == SYS
+        q_rows = valid & ~(is_vis & (not lp.visual_query)) & ~(is_sys & (not lp.system_query))
+        vis_as_key = lp.visual_kv or (lp.visual_query and lp.visual_attn != "none")
+        kv_rows = valid & (~is_vis | vis_as_key)
+        ffn_rows = valid & (~is_vis | (lp.visual_ffn != 0))
+        text_visible = kv_rows & (~is_vis | lp.visual_kv)
+        return q_rows, kv_rows, ffn_rows, text_visible
+
+    def _layer(
+        self,
+        st: _State,
+        li: int,
+        lp: LayerPlan,
+        stats: list[LayerStats],
+        batch: Batch,
+        cache_extra: int | None,
+    ) -> LayerKV | None:
+        bb = self.bb
+        layer = bb.layers[li]
+        attn = layer.self_attn
+        q_rows, kv_rows, ffn_rows, text_visible = self._roles(st, lp)
+        is_vis = st.ttype == VIS
+        stats.append(
+            LayerStats(
+                present=(st.alive & is_vis).sum(1).tolist(),
+                attn_q=(q_rows & is_vis).sum(1).tolist(),
+                kv=(text_visible & is_vis).sum(1).tolist(),
+                ffn=(ffn_rows & is_vis).sum(1).tolist(),
+            )
+        )
+        scratch = st.m - 1
+        if self.mode == "mask":
+            q_idx = kv_idx = None
+        else:
+            q_idx = None if bool((q_rows == st.alive).all()) else _select_index(q_rows, scratch)[0]
+            kv_idx = None if bool((kv_rows == st.alive).all()) else _select_index(kv_rows, scratch)[0]
+
+        hn = layer.input_layernorm(st.x)
+        q_meta = self._meta(st, q_idx)
+        k_meta = self._meta(st, kv_idx)
+        hq = hn if q_idx is None else _gather_rows(hn, q_idx)
+        hk = hn if kv_idx is None else (hq if kv_idx is q_idx else _gather_rows(hn, kv_idx))
+        b, nq, _ = hq.shape
+        nk = hk.shape[1]
+        H, Hkv, d = bb.num_heads, bb.num_kv_heads, bb.head_dim
+        q = attn.q_proj(hq).view(b, nq, H, d).transpose(1, 2)
+        k = attn.k_proj(hk).view(b, nk, Hkv, d).transpose(1, 2)
+        v = attn.v_proj(hk).view(b, nk, Hkv, d).transpose(1, 2)
+        cos_q, sin_q = bb.rope(hq, q_meta["pos"])
+        cos_k, sin_k = (cos_q, sin_q) if kv_idx is q_idx else bb.rope(hk, k_meta["pos"])
+        q = bb.rotate(q, cos_q, sin_q)
+        k = bb.rotate(k, cos_k, sin_k)
+
+        # which (query, key) pairs are allowed, and per-head rules
+        q_ok = q_rows if q_idx is None else _gather_rows(q_rows, q_idx)
+        k_ok = kv_rows if kv_idx is None else _gather_rows(kv_rows, kv_idx)
+        mask = self._attn_mask(lp, q_meta, k_meta, q_ok, k_ok)  # [B, 1|H, nq, nk]
+        v_used = v
+        head_zero_q = None
+        if lp.visual_heads is not None:
+            mask, v_used, head_zero_q = self._head_rules(lp, mask, v, q_meta, k_meta, H, Hkv)
+        empty = ~mask.any(-1, keepdim=True)  # rows with no allowed key (e.g. padding)
+        mask = mask | empty
+        k_used = k if v_used.shape[1] == k.shape[1] else _expand_kv(k, H)
+        out = F.scaled_dot_product_attention(
+            q, k_used, v_used, attn_mask=mask, scale=attn.scaling, enable_gqa=(v_used.shape[1] != H)
+        )
+        out = out.masked_fill(empty, 0.0)
+        if head_zero_q is not None:
+            out = out.masked_fill(head_zero_q, 0.0)
+        out = out.transpose(1, 2).reshape(b, nq, H * d)
+        upd = attn.o_proj(out)
+
+        if lp.drop_after is not None and "attn_last" in lp.drop_after.needs:
+            scores = self._last_row_scores(q, k, mask, q_meta, attn.scaling)
+        else:
+            scores = None
+
+        # residual update of the query rows
+        if q_idx is None:
+            st.x = st.x + upd * q_rows[..., None].to(upd.dtype)
+        else:
+            st.x = st.x.scatter_add(1, q_idx[..., None].expand(-1, -1, upd.shape[-1]), upd)
+        self._ffn(st, layer, lp, ffn_rows, scratch)
+        st.x[:, -1] = 0
+
+        s = stats[-1]
+        s.rows_q, s.rows_kv = b * nq, b * nk
+
+        kv = None
+        if cache_extra is not None:
+            tv = text_visible if kv_idx is None else _gather_rows(text_visible, kv_idx)
+            kvis = k_meta["ttype"] == VIS
+            kv = LayerKV.from_prefill(k, v, tv, kvis, st.next_pos, cache_extra)
+            if self.mode == "drop":
+                kv = _compact_kv(kv)  # a real per-layer cache holds only readable entries
+        if lp.drop_after is not None:
+            self._apply_selector(
+                st, li, lp, lp.drop_after, batch, when="after", scores=scores, keys=(k, k_meta)
+            )
+        return kv
+
+    def _meta(self, st: _State, idx: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        if idx is None:
+            return {"ttype": st.ttype, "order": st.order, "coords": st.coords, "pos": st.pos}
+        pos = torch.stack([_gather_rows(p, idx) for p in st.pos])
+        return {
+            "ttype": _gather_rows(st.ttype, idx),
+            "order": _gather_rows(st.order, idx),
+            "coords": _gather_rows(st.coords, idx),
+            "pos": pos,
+        }
+
+    def _attn_mask(self, lp: LayerPlan, qm, km, q_ok: torch.Tensor, k_ok: torch.Tensor) -> torch.Tensor:
+        causal = km["order"][:, None, :] <= qm["order"][:, :, None]
+        allowed = causal & k_ok[:, None, :] & q_ok[:, :, None]
+        q_vis = (qm["ttype"] == VIS)[:, :, None]
+        k_vis = (km["ttype"] == VIS)[:, None, :]
+        if not lp.visual_kv:
+            allowed = allowed & ~(~q_vis & k_vis)
+        if lp.visual_attn == "none":
+            allowed = allowed & ~(q_vis & k_vis)
+        elif lp.visual_attn == "window":
+            r = (lp.window - 1) // 2
+            qc, kc = qm["coords"][:, :, None, :], km["coords"][:, None, :, :]
+            diff = (qc[..., 1:] - kc[..., 1:]).abs()
+            in_win = (qc[..., 0] == kc[..., 0]) & (diff[..., 0] <= r) & (diff[..., 1] <= r)
+            vv = q_vis & k_vis
+            allowed = torch.where(vv, in_win & k_ok[:, None, :] & q_ok[:, :, None], allowed)
+        return allowed[:, None]
+
+    def _head_rules(self, lp: LayerPlan, mask, v, qm, km, H: int, Hkv: int):
+        """Heads outside ``visual_heads``: visual queries get no output; non-visual queries see
+        no visual keys (``drop_keys``) or see them with zeroed values (``zero_values``)."""
+        dev = mask.device
+        served = torch.zeros(H, dtype=torch.bool, device=dev)
+        served[list(lp.visual_heads)] = True
+        pruned = ~served[None, :, None, None]  # [1, H, 1, 1]
+        q_vis = (qm["ttype"] == VIS)[:, None, :, None]  # [B, 1, nq, 1]
+        k_vis = (km["ttype"] == VIS)[:, None, None, :]  # [B, 1, 1, nk]
+        head_zero_q = pruned & q_vis  # [B, H, nq, 1]
+        mask = mask.expand(-1, H, -1, -1)
+        v_used = v
+        if lp.head_mode == "drop_keys":
+            mask = mask & ~(pruned & ~q_vis & k_vis)
+        else:  # zero_values: softmax over all keys, visual values zeroed for pruned heads
+            v_used = _expand_kv(v, H).clone()
+            kv_vis = (km["ttype"] == VIS)[:, None, :, None]  # [B, 1, nk, 1]
+            v_used = v_used.masked_fill(pruned & kv_vis, 0.0)
+        return mask, v_used, head_zero_q
+
+    def _ffn(self, st: _State, layer, lp: LayerPlan, ffn_rows: torch.Tensor, scratch: int) -> None:
+        mlp = layer.mlp
+        is_vis = st.ttype == VIS
+        width = lp.visual_ffn
+        if self.mode == "mask":
+            hn = layer.post_attention_layernorm(st.x)
+            if width is None or width == 0:
+                upd = mlp(hn)
+            else:
+                act = mlp.act_fn(mlp.gate_proj(hn)) * mlp.up_proj(hn)
+                ch = torch.arange(act.shape[-1], device=act.device)
+                keep = ~is_vis[..., None] | (ch < width)
+                upd = mlp.down_proj(act * keep.to(act.dtype))
+            st.x = st.x + upd * ffn_rows[..., None].to(upd.dtype)
+            return
+        full_rows = ffn_rows & (~is_vis | (width is None))
+        part_rows = ffn_rows & is_vis & (width is not None) & (width != 0)
+        if bool((full_rows == st.alive).all()):
+            st.x = st.x + mlp(layer.post_attention_layernorm(st.x))
+        elif bool(full_rows.any()):
+            idx, _ = _select_index(full_rows, scratch)
+            hn = layer.post_attention_layernorm(_gather_rows(st.x, idx))
+            st.x = st.x.scatter_add(1, idx[..., None].expand(-1, -1, hn.shape[-1]), mlp(hn))
+        if bool(part_rows.any()):
+            idx, _ = _select_index(part_rows, scratch)
+            hn = layer.post_attention_layernorm(_gather_rows(st.x, idx))
+            upd = _sliced_mlp(mlp, hn, width)
+            st.x = st.x.scatter_add(1, idx[..., None].expand(-1, -1, upd.shape[-1]), upd)
+
+    # ------------------------------------------------------------------ token selection
+    def _last_rows(self, st: _State) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden state of each sample's last real token, and its row index."""
+        key = torch.where(st.alive, st.order, torch.full_like(st.order, -1))
+        rows = key.argmax(1)
+        return st.x[torch.arange(st.x.shape[0]), rows][:, None], rows
+
+    def _last_row_scores(self, q, k, mask, q_meta, scaling: float) -> torch.Tensor:
+        """Attention probabilities of the last prompt token over this layer's keys, mean over
+        heads, fp32: [B, nk].  One row per sample, not the whole map."""
+        order = torch.where(q_meta["ttype"] != PAD, q_meta["order"], torch.full_like(q_meta["order"], -1))
+        rows = order.argmax(1)
+        bi = torch.arange(q.shape[0], device=q.device)
+        q_last = q[bi, :, rows][:, :, None]  # [B, H, 1, d]
+        H = q.shape[1]
+        kk = _expand_kv(k, H)
+        logits = (q_last.float() @ kk.float().transpose(-1, -2)) * scaling
+        m = mask.expand(-1, H, -1, -1)[bi, :, rows][:, :, None]
+        logits = logits.masked_fill(~m, float("-inf"))
+        return torch.softmax(logits, -1).mean(1)[:, 0]
+
+    def _apply_selector(self, st: _State, li: int, lp: LayerPlan, sel, batch: Batch, *, when: str,
+                        scores=None, keys=None) -> None:  # fmt: skip
+        vis_rows = st.alive & (st.ttype == VIS)
+        idx, real = _select_index(vis_rows, st.m - 1)
+        present = [idx[i][real[i]] for i in range(idx.shape[0])]  # rows of present visual tokens
+        ctx = SelectContext(
+            layer=li,
+            visual_index=[st.vidx[i, r] for i, r in enumerate(present)],
+            n_visual=[int((batch.visual_index[i] >= 0).sum()) for i in range(batch.batch_size)],
+            sample_ids=batch.sample_ids,
+        )
+        needs = sel.needs
+        if "attn_last" in needs:
+            if when == "after":
+                row_scores = scores  # [B, nk] over this layer's key rows
+                key_rows = self._key_rows(st, lp)
+            else:
+                row_scores, key_rows = self._scores_before(st, li, lp)
+            ctx.scores = [
+                _scores_for_rows(row_scores[i], key_rows[i], present[i]) for i in range(len(present))
+            ]
+        if "keys" in needs and keys is not None:
+            k, km = keys
+            kflat = k.transpose(1, 2).flatten(2)  # [B, nk, Hkv*d]
+            key_rows = self._key_rows(st, lp)
+            ctx.keys = [_rows_lookup(kflat[i], key_rows[i], present[i]) for i in range(len(present))]
+            txt = [
+                torch.nonzero(st.alive[i] & (st.ttype[i] == int(TokenType.TEXT))).flatten()
+                for i in range(len(present))
+            ]
+            ctx.text_keys = [_rows_lookup(kflat[i], key_rows[i], txt[i]) for i in range(len(present))]
+        if "hidden_out" in needs or "hidden_in" in needs:
+            ctx.hidden = [st.x[i, r] for i, r in enumerate(present)]
+            txt = [
+                torch.nonzero(st.alive[i] & (st.ttype[i] == int(TokenType.TEXT))).flatten()
+                for i in range(len(present))
+            ]
+            ctx.text_hidden = [st.x[i, r] for i, r in enumerate(txt)]
+            ctx.extra["final_norm"] = self.bb.norm
+        chosen = sel.select(ctx)
+        keep = st.alive & (st.ttype != VIS)
+        for i, c in enumerate(chosen):
+            if c.numel():
+                keep[i, present[i][c.long()]] = True
+        st.log.append(f"layer {li} drop_{when}: kept {[int(c.numel()) for c in chosen]} visual")
+        self._drop(st, keep, sel.positions)
+
+    def _key_rows(self, st: _State, lp: LayerPlan) -> torch.Tensor:
+        """Row index (into the state) of each key column used in this layer [B, nk]."""
+        _, kv_rows, _, _ = self._roles(st, lp)
+        if self.mode == "mask" or bool((kv_rows == st.alive).all()):
+            return torch.arange(st.m, device=st.x.device).expand(st.x.shape[0], -1)
+        return _select_index(kv_rows, st.m - 1)[0]
+
+    def _scores_before(self, st: _State, li: int, lp: LayerPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score the incoming states with layer li's own norm, q/k projections and RoPE
+        (PDrop's rank layer): the last prompt token's attention over all present keys."""
+        bb = self.bb
+        attn = bb.layers[li].self_attn
+        hn = bb.layers[li].input_layernorm(st.x)
+        b, m, _ = hn.shape
+        H, Hkv, d = bb.num_heads, bb.num_kv_heads, bb.head_dim
+        _, last = self._last_rows(st)
+        bi = torch.arange(b, device=hn.device)
+        hq = hn[bi, last][:, None]
+        pos_q = st.pos[:, bi, last][..., None]
+        q = attn.q_proj(hq).view(b, 1, H, d).transpose(1, 2)
+        k = attn.k_proj(hn).view(b, m, Hkv, d).transpose(1, 2)
+        cq, sq = bb.rope(hq, pos_q)
+        ck, sk = bb.rope(hn, st.pos)
+        q, k = bb.rotate(q, cq, sq), bb.rotate(k, ck, sk)
+        logits = (q.float() @ _expand_kv(k, H).float().transpose(-1, -2)) * attn.scaling
+        ok = st.alive & (st.order <= st.order[bi, last][:, None])
+        logits = logits.masked_fill(~ok[:, None, None, :], float("-inf"))
+        probs = torch.softmax(logits, -1).mean(1)[:, 0]
+        rows = torch.arange(m, device=hn.device).expand(b, -1)
+        return probs, rows
+
+    def _drop(self, st: _State, keep: torch.Tensor, policy: str) -> None:
+        """Remove (drop mode) or mask (mask mode) every real token not in ``keep``."""
+        renumber = policy == "renumber" and st.pos.shape[0] == 1
+        if policy == "renumber" and st.pos.shape[0] != 1:
+            st.log.append("renumber requested on M-RoPE positions: original 3-D ids kept (README 2.3)")
+        if self.mode == "mask":
+            st.alive = st.alive & keep
+            if renumber:
+                newpos = (st.alive.long().cumsum(1) - 1).clamp(min=0)
+                st.pos = torch.where(st.alive[None], newpos[None], st.pos)
+        else:
+            idx, real = _select_index(keep, st.m - 1)
+            # append a fresh scratch row
+            b = idx.shape[0]
+            scratch = torch.full((b, 1), st.m - 1, dtype=idx.dtype, device=idx.device)
+            idx = torch.cat([idx, scratch], 1)
+            st.x = _gather_rows(st.x, idx)
+            st.x[:, -1] = 0
+            st.ttype = _gather_rows(st.ttype, idx)
+            st.ttype[:, -1] = PAD
+            st.ttype = torch.where(torch.cat([real, real.new_zeros(b, 1)], 1), st.ttype, PAD)
+            st.pos = torch.stack([_gather_rows(p, idx) for p in st.pos])
+            st.order = _gather_rows(st.order, idx)
+            st.vidx = _gather_rows(st.vidx, idx)
+            st.coords = _gather_rows(st.coords, idx)
+            st.alive = st.ttype != PAD
+            if renumber:
+                newpos = (st.alive.long().cumsum(1) - 1).clamp(min=0)
+                st.pos = torch.where(st.alive[None], newpos[None], st.pos)
+        if renumber:
+            st.next_pos = st.alive.sum(1)
+            st.renumbered = True
+
+    def _overwrite_visual(self, st: _State, batch: Batch, li: int, lp: LayerPlan) -> None:
+        """kv_source 'fixed' (ViCA: the layer-0 input) or 'projector' (SAISA: P_l(f))."""
+        is_vis = st.alive & (st.ttype == VIS)
+        if lp.kv_source == "fixed":
+            src = torch.cat(
+                [batch.embeds, batch.embeds.new_zeros(batch.batch_size, 1, batch.embeds.shape[-1])], 1
+            )
+            order = torch.where(st.order < batch.seq_len, st.order, batch.seq_len)
+            vals = _gather_rows(src, order)
+        else:
+            vals = self.bb.visual_projection(li, batch, st.vidx, st.x)
+        st.x = torch.where(is_vis[..., None], vals, st.x)
+
+    # ------------------------------------------------------------------ decode
+    @torch.inference_mode()
+    def decode_step(
+        self, tokens: torch.Tensor, cache: KVCache, plan: VisualPlan | None = None
+    ) -> torch.Tensor:
+        """One generated token per sample [B] -> next-token logits [B, V]."""
+        bb = self.bb
+        plan = plan or VisualPlan.dense(bb.num_layers)
+        x = bb.embed_tokens(tokens[:, None])
+        b = x.shape[0]
+        H, Hkv, d = bb.num_heads, bb.num_kv_heads, bb.head_dim
+        step = cache.steps
+        for layer, lkv, lp in zip(bb.layers, cache.layers, plan.layers, strict=True):
+            attn = layer.self_attn
+            hn = layer.input_layernorm(x)
+            q = attn.q_proj(hn).view(b, 1, H, d).transpose(1, 2)
+            k = attn.k_proj(hn).view(b, 1, Hkv, d).transpose(1, 2)
+            v = attn.v_proj(hn).view(b, 1, Hkv, d).transpose(1, 2)
+            pos = (lkv.next_pos + step)[None, :, None].expand(bb.position_dims, -1, -1)
+            cos, sin = bb.rope(hn, pos)
+            q, k = bb.rotate(q, cos, sin), bb.rotate(k, cos, sin)
+            lkv.append(k, v)
+            kk, vv, valid, is_vis = lkv.view()
+            mask = valid[:, None, None, :]
+            if lp.visual_heads is not None:
+                served = torch.zeros(H, dtype=torch.bool, device=x.device)
+                served[list(lp.visual_heads)] = True
+                pruned = ~served[None, :, None, None]
+                if lp.head_mode == "drop_keys":
+                    mask = mask & ~(pruned & is_vis[:, None, None, :])
+                else:
+                    vv = _expand_kv(vv, H).masked_fill(pruned & is_vis[:, None, :, None], 0.0)
+                    kk = _expand_kv(kk, H)
+            out = F.scaled_dot_product_attention(
+                q, kk, vv, attn_mask=mask, scale=attn.scaling, enable_gqa=(kk.shape[1] != H)
+            )
+            x = x + attn.o_proj(out.transpose(1, 2).reshape(b, 1, H * d))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        cache.steps += 1
+        return bb.lm_head(bb.norm(x))[:, 0].float()
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        batch: Batch,
+        plan: VisualPlan | None = None,
+        max_new_tokens: int = 16,
+        eos_token_id: int | None = None,
+    ) -> torch.Tensor:
+        """Batched greedy decoding [B, T]; with ``eos_token_id`` a finished sample is padded with
+        EOS and the loop stops when all have finished (EOS-bounded), else exactly T tokens."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        out = self.prefill(batch, plan, cache_extra=max_new_tokens)
+        tok = out.logits.argmax(-1)
+        toks = [tok]
+        done = tok == eos_token_id if eos_token_id is not None else torch.zeros_like(tok, dtype=torch.bool)
+        for _ in range(max_new_tokens - 1):
+            if bool(done.all()):
+                break
+            logits = self.decode_step(tok, out.cache, plan)
+            tok = logits.argmax(-1)
+            if eos_token_id is not None:
+                tok = torch.where(done, torch.full_like(tok, eos_token_id), tok)
+                done = done | (tok == eos_token_id)
+            toks.append(tok)
+        return torch.stack(toks, 1)
+
+
+def _expand_kv(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, Hkv, N, d] -> [B, H, N, d] (grouped-query attention)."""
+    rep = heads // t.shape[1]
+    return t if rep == 1 else t.repeat_interleave(rep, dim=1)
+
+
+def _sliced_mlp(mlp, x: torch.Tensor, width: int) -> torch.Tensor:
+    """The gated MLP restricted to its first ``width`` intermediate channels (YOPO)."""
+
+    def lin(mod, inp, rows=None, cols=None):
+        w = mod.weight
+        w = w[:rows] if rows is not None else w[:, :cols]
+        bias = None if mod.bias is None else (mod.bias[:rows] if rows is not None else mod.bias)
+        return F.linear(inp, w, bias)
+
+    act = mlp.act_fn(lin(mlp.gate_proj, x, rows=width)) * lin(mlp.up_proj, x, rows=width)
+    return lin(mlp.down_proj, act, cols=width)
+
+
+def _compact_kv(kv: LayerKV) -> LayerKV:
+    """Drop mode with a full-row layer: keep only readable prefill entries in the cache."""
+    n = kv.length
+    idx, real = _select_index(kv.valid[:, :n], n)
+    extra = kv.k.shape[2] - n
+
+    def g(t):  # [B, Hkv, n, d] gather along 2
+        tt = torch.cat([t[:, :, :n], t.new_zeros(*t.shape[:2], 1, t.shape[3])], 2)
+        return torch.gather(tt, 2, idx[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3]))
+
+    vis = torch.cat([kv.is_visual[:, :n], kv.is_visual.new_zeros(kv.is_visual.shape[0], 1)], 1)
+    return LayerKV.from_prefill(g(kv.k), g(kv.v), real, torch.gather(vis, 1, idx), kv.next_pos, extra)
+
+
+def _scores_for_rows(row_scores: torch.Tensor, key_rows: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Pick, for each present visual row, its score from a per-key-column vector."""
+    lookup = torch.zeros(int(key_rows.max()) + 2, dtype=row_scores.dtype, device=row_scores.device)
+    lookup[key_rows] = row_scores
+    return lookup[present]
+
+
+def _rows_lookup(values: torch.Tensor, key_rows: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    pos = torch.full((int(max(key_rows.max(), rows.max() if rows.numel() else 0)) + 2,), -1, dtype=torch.long)
+    pos[key_rows] = torch.arange(key_rows.numel())
+    found = pos[rows]
+    if bool((found < 0).any()):
+        raise PlanError("a selector asked for keys of tokens that are not keys in this layer")
+    return values[found]

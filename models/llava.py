@@ -1,0 +1,211 @@
+"""LLaVA-1.5 and LLaVA-NeXT backbones.
+
+The vision tower is run layer by layer up to the feature layer the model uses: LLaVA-1.5 reads
+the output of encoder layer -2, so the last encoder layer is never computed here (the HF model
+computes it and throws it away).  The saving is recorded as ``vision_layers_run`` /
+``vision_layers_total`` so FLOPs counts and the analytic model agree (flops.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+from .backbone import Backbone, VisionOutput
+from .batch import Batch, left_pad_positions, token_types_from_ids, visual_index_from_types
+
+
+def _feature_layers(config) -> list[int]:
+    fl = config.vision_feature_layer
+    return [fl] if isinstance(fl, int) else list(fl)
+
+
+class LlavaBackbone(Backbone):
+    family = "llava"
+
+    # ---- vision
+    def _vision_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """Selected vision hidden states [n_img, n_tok, d(*k)], layers run, layers total."""
+        vt = self.model.model.vision_tower
+        layers = _feature_layers(self.config)
+        pixel_values = pixel_values.to(self.dtype)
+        enc_layers = getattr(getattr(vt, "encoder", None), "layers", None)
+        if enc_layers is None or not hasattr(vt, "embeddings"):  # generic tower: let it run whole
+            out = vt(pixel_values, output_hidden_states=True, return_dict=True)
+            hs = out.hidden_states
+            feats = torch.cat([hs[i] for i in layers], dim=-1)
+            n = len(hs) - 1
+            return feats, n, n
+        total = len(enc_layers)
+        wanted = [i if i >= 0 else total + 1 + i for i in layers]  # index into hidden_states
+        h = vt.embeddings(pixel_values)
+        pre = getattr(vt, "pre_layrnorm", None)
+        if pre is not None:
+            h = pre(h)
+        states = {0: h}
+        for i in range(max(wanted)):
+            h = enc_layers[i](h, None)
+            states[i + 1] = h
+        feats = torch.cat([states[i] for i in wanted], dim=-1)
+        return feats, max(wanted), total
+
+    def _select(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.config.vision_feature_select_strategy == "default":
+            return feats[:, 1:]
+        return feats
+
+    def vision(self, inputs: dict[str, Any]) -> VisionOutput:
+        feats, run, total = self._vision_features(inputs["pixel_values"])
+        feats = self._select(feats)
+        embeds = self.model.model.multi_modal_projector(feats)
+        n = feats.shape[1]
+        g = int(round(n**0.5))
+        j = torch.arange(n)
+        grid = torch.stack([torch.zeros_like(j), j // g, j % g], 1) if g * g == n else torch.stack(
+            [torch.zeros_like(j), torch.zeros_like(j), j], 1
+        )  # fmt: skip
+        return VisionOutput(
+            features=list(feats),
+            embeds=list(embeds),
+            coords=[grid] * feats.shape[0],
+            vision_layers_run=run,
+            vision_layers_total=total,
+        )
+
+    # ---- batch
+    def encode(self, inputs: dict[str, Any], sample_ids: list[str] | None = None) -> Batch:
+        input_ids = inputs["input_ids"]
+        attention_mask = inputs.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        b = input_ids.shape[0]
+        ttype = token_types_from_ids(input_ids, attention_mask, self.image_token_id)
+        embeds = self.embed_tokens(input_ids.to(self.device))
+        coords = torch.full((*input_ids.shape, 3), -1, dtype=torch.long)
+        vision = None
+        if inputs.get("pixel_values") is not None:
+            vision = self.vision(inputs)
+            img_rows = (input_ids == self.image_token_id).any(1).nonzero().flatten().tolist()
+            if len(img_rows) != len(vision.embeds):
+                raise ValueError(
+                    f"{len(vision.embeds)} images for {len(img_rows)} prompts with an image token; "
+                    "give exactly one image per prompt that has one"
+                )
+            for row, emb, crd in zip(img_rows, vision.embeds, vision.coords, strict=True):
+                slots = (input_ids[row] == self.image_token_id).nonzero().flatten()
+                if slots.numel() != emb.shape[0]:
+                    raise ValueError(
+                        f"sample {row}: {slots.numel()} image tokens in the prompt but the image gives "
+                        f"{emb.shape[0]} features; build inputs with the checkpoint's processor"
+                    )
+                embeds[row, slots] = emb.to(embeds.dtype)
+                coords[row, slots] = crd
+        positions = left_pad_positions(attention_mask)
+        feats = None
+        if vision is not None:
+            feats = [torch.empty(0)] * b
+            for row, f in zip(img_rows, vision.features, strict=True):
+                feats[row] = f
+        return Batch(
+            embeds=embeds,
+            token_type=ttype,
+            positions=positions,
+            next_position=attention_mask.long().sum(1),
+            visual_index=visual_index_from_types(ttype),
+            visual_coords=coords,
+            sample_ids=sample_ids or [str(i) for i in range(b)],
+            vision_features=feats,
+            extras={
+                "vision_layers_run": vision.vision_layers_run if vision else 0,
+                "vision_layers_total": vision.vision_layers_total if vision else 0,
+            },
+        )
+
+    def hf_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
+        kw = self._hf_kwargs(inputs)
+        with torch.inference_mode():
+            return self.model(**kw).logits.float()
+
+    def _hf_kwargs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        kw = {k: v for k, v in inputs.items() if v is not None}
+        if "attention_mask" in kw and "position_ids" not in kw:
+            kw["position_ids"] = left_pad_positions(kw["attention_mask"])[0]
+        return kw
+
+    def hf_generate(self, inputs: dict[str, Any], max_new_tokens: int) -> torch.Tensor:
+        kw = {k: v for k, v in inputs.items() if v is not None}
+        gen = self.model.generate(
+            **kw, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+            do_sample=False, eos_token_id=None, pad_token_id=0,
+        )  # fmt: skip
+        return gen[:, kw["input_ids"].shape[1] :]
+
+
+class LlavaNextBackbone(LlavaBackbone):
+    """LLaVA-NeXT: anyres tiles, unpadding and newline tokens make per-image token counts differ."""
+
+    family = "llava_next"
+
+    def vision(self, inputs: dict[str, Any]) -> VisionOutput:
+        pixel_values, image_sizes = inputs["pixel_values"], inputs["image_sizes"]
+        cfg = self.config
+        n_patches = [
+            image_size_to_num_patches(
+                image_size=s, grid_pinpoints=cfg.image_grid_pinpoints, patch_size=cfg.vision_config.image_size
+            )
+            for s in image_sizes
+        ]
+        if pixel_values.dim() == 5:
+            pixel_values = torch.cat([pv[:n] for pv, n in zip(pixel_values, n_patches, strict=True)], 0)
+        feats, run, total = self._vision_features(pixel_values)
+        feats = self._select(feats)
+        proj = self.model.model.multi_modal_projector(feats)
+        per_image = torch.split(proj, n_patches, dim=0)
+        hf = self.model.model
+        packed, _ = hf.pack_image_features(
+            list(per_image), image_sizes, cfg.vision_feature_select_strategy, image_newline=hf.image_newline
+        )
+        raw = torch.split(feats, n_patches, dim=0)
+        raw_packed, _ = hf.pack_image_features(
+            list(raw), image_sizes, cfg.vision_feature_select_strategy,
+            image_newline=feats.new_zeros(feats.shape[-1]),
+        )  # fmt: skip
+        coords = [self._coords(n, image_sizes[i], feats.shape[1]) for i, n in enumerate(n_patches)]
+        for c, e in zip(coords, packed, strict=True):
+            assert c.shape[0] == e.shape[0], (c.shape, e.shape)
+        return VisionOutput(
+            features=list(raw_packed),
+            embeds=list(packed),
+            coords=coords,
+            vision_layers_run=run * sum(n_patches),
+            vision_layers_total=total * sum(n_patches),
+        )
+
+    def _coords(self, n_patch: int, image_size, n_tok: int) -> torch.Tensor:
+        """(grid, row, col) per packed token: grid 0 = base image, 1 = unpadded high-res tiles;
+        newline tokens get -1.  Found by packing a marker tensor through the model's own packer."""
+        hf = self.model.model
+        marker = [torch.ones(n_patch, n_tok, 1)]
+        packed, _ = hf.pack_image_features(
+            marker, image_size[None], self.config.vision_feature_select_strategy, image_newline=torch.zeros(1)
+        )
+        packed = packed[0][:, 0]
+        g = int(round(n_tok**0.5))
+        out = torch.full((packed.shape[0], 3), -1, dtype=torch.long)
+        if n_patch == 1:
+            j = torch.arange(packed.shape[0] - 1)
+            out[:-1] = torch.stack([torch.zeros_like(j), j // g, j % g], 1)
+            return out
+        j = torch.arange(g * g)
+        out[: g * g] = torch.stack([torch.zeros_like(j), j // g, j % g], 1)
+        hi = packed[g * g :]
+        rows = int((hi == 0).sum())
+        width = hi.shape[0] // rows  # includes the newline column
+        t = torch.arange(hi.shape[0])
+        r, c = t // width, t % width
+        hi_coords = torch.stack([torch.ones_like(t), r, c], 1)
+        hi_coords[c == width - 1] = -1
+        out[g * g :] = hi_coords
+        return out

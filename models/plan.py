@@ -1,0 +1,251 @@
+"""Visual plans: what happens to the visual tokens in every decoder layer.
+
+A method is a rule about the visual tokens; the executor (``executor.py``) carries the rule out.
+A :class:`VisualPlan` is one :class:`LayerPlan` per decoder layer.  Each field answers one
+question about layer ``l`` (design.md section 3; methods/seed-methods.md section 1):
+
+==================  ===========================================================================
+field               meaning
+==================  ===========================================================================
+visual_query        visual tokens are attention queries (their state gets an attention update)
+visual_kv           non-visual queries (system, text, generated) can read visual keys/values
+visual_attn         which visual keys a visual query sees: ``causal`` (dense), ``none`` (only
+                    the system prefix), ``window`` (k x k neighbours on the image grid,
+                    non-causal inside the window, plus the system prefix)
+window              k for ``visual_attn="window"`` (odd, >= 1)
+visual_ffn          width of the FFN for visual rows: ``None`` = full, ``0`` = no FFN,
+                    ``k`` = the first k intermediate channels
+visual_heads        query heads that serve visual tokens (others: see ``head_mode``); None = all
+head_mode           for heads outside ``visual_heads``: ``drop_keys`` = they see no visual keys
+                    (renormalised softmax, ``yopo_textonly``); ``zero_values`` = visual weights
+                    zeroed after the softmax without renormalisation (``yopo`` reference)
+kv_source           where the visual state comes from before the layer: ``state`` (carried),
+                    ``fixed`` (the layer-0 input, ViCA), ``projector`` (a per-layer projector of
+                    the raw vision features, SAISA; see ``projector``)
+system_query        system-prefix tokens are queries (ViCA-7B checkpoints: never; FFN kept)
+drop_before         a :class:`Selector` choosing the visual tokens kept from this layer on,
+                    scored on the states entering the layer (FastV-style K, PDrop)
+drop_after          a :class:`Selector` scored inside this layer; the layer itself still runs
+                    on the full set and the drop applies to its output (SparseVLM, DART)
+==================  ===========================================================================
+
+Positions: a selector carries its position policy (``keep`` original ids, or ``renumber`` the
+surviving tokens 0..n-1 per sample), README section 2.3.  Plans are plain frozen dataclasses so
+that they hash, compare and print; nothing here imports torch-heavy code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+VisualAttn = Literal["causal", "none", "window"]
+HeadMode = Literal["drop_keys", "zero_values"]
+KVSource = Literal["state", "fixed", "projector"]
+PositionPolicy = Literal["keep", "renumber"]
+ScoreNeed = Literal["attn_last", "attn_rows", "keys", "hidden_out", "hidden_in"]
+
+
+class PlanError(ValueError):
+    """A plan that cannot be executed; the message names the layer and the field."""
+
+
+@dataclass
+class SelectContext:
+    """What the executor hands a :class:`Selector` for one layer (all per sample, batch order).
+
+    ``visual_index``: original visual indices (0..n_visual-1 within the sample's image tokens) of
+    the visual tokens present now.  ``scores``: for ``attn_last`` / ``attn_rows`` needs, the
+    attention probability mass on each present visual token (mean over heads and rows).
+    ``keys``: post-RoPE keys of the present visual tokens [n, heads*dim].  ``hidden``: the states
+    the selector asked for (entering or leaving the layer) at the present visual tokens; the
+    text rows are in ``text_hidden`` / ``text_keys``.
+    """
+
+    layer: int
+    visual_index: list[torch.Tensor]
+    n_visual: list[int]
+    sample_ids: list[str]
+    scores: list[torch.Tensor] | None = None
+    keys: list[torch.Tensor] | None = None
+    hidden: list[torch.Tensor] | None = None
+    text_keys: list[torch.Tensor] | None = None
+    text_hidden: list[torch.Tensor] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Selector(Protocol):
+    """Chooses which present visual tokens survive.  Returns, per sample, positions *into*
+    ``ctx.visual_index`` (not original indices), in any order; the executor sorts them."""
+
+    needs: frozenset[str]
+    positions: PositionPolicy
+
+    def select(self, ctx: SelectContext) -> list[torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class KeepVisual:
+    """A static selector for hand-written plans: keep the visual tokens whose *original* index
+    is in ``indices`` (or the first ``count`` present ones).  Needs no scores."""
+
+    indices: tuple[int, ...] | None = None
+    count: int | None = None
+    positions: PositionPolicy = "keep"
+    needs: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if (self.indices is None) == (self.count is None):
+            raise PlanError("KeepVisual needs exactly one of indices= or count=")
+        if self.count is not None and self.count < 0:
+            raise PlanError(f"KeepVisual count must be >= 0, got {self.count}")
+
+    def select(self, ctx: SelectContext) -> list[torch.Tensor]:
+        import torch
+
+        out = []
+        for present in ctx.visual_index:
+            if self.count is not None:
+                out.append(torch.arange(min(self.count, present.numel()), device=present.device))
+            else:
+                wanted = torch.tensor(self.indices, device=present.device, dtype=present.dtype)
+                out.append(torch.nonzero(torch.isin(present, wanted)).flatten())
+        return out
+
+
+@dataclass(frozen=True)
+class TopKByLastAttention:
+    """Keep the ``k`` present visual tokens with the largest attention from the last prompt
+    token (mean over heads).  Ties break toward the lower index (README section 2.4 rule 4)."""
+
+    k: int
+    positions: PositionPolicy = "keep"
+    needs: frozenset[str] = frozenset({"attn_last"})
+
+    def select(self, ctx: SelectContext) -> list[torch.Tensor]:
+        assert ctx.scores is not None
+        return [top_k_lowest_index_ties(s, self.k) for s in ctx.scores]
+
+
+def top_k_lowest_index_ties(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest scores; equal scores prefer the lower index (stable sort)."""
+    import torch
+
+    k = min(k, scores.numel())
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return order[:k]
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    visual_query: bool = True
+    visual_kv: bool = True
+    visual_attn: VisualAttn = "causal"
+    window: int = 0
+    visual_ffn: int | None = None
+    visual_heads: tuple[int, ...] | None = None
+    head_mode: HeadMode = "drop_keys"
+    kv_source: KVSource = "state"
+    system_query: bool = True
+    drop_before: Any = None
+    drop_after: Any = None
+
+    @property
+    def is_dense(self) -> bool:
+        return self == DENSE_LAYER
+
+    @property
+    def visual_rows_needed(self) -> bool:
+        """Whether visual hidden states take part in this layer at all."""
+        return self.visual_query or self.visual_kv or self.visual_ffn != 0
+
+    def describe(self) -> str:
+        """A short label such as ``q,kv,ffn`` / ``kv`` / ``-`` for tables and logs."""
+        if self.is_dense:
+            return "dense"
+        parts = []
+        if self.visual_query:
+            parts.append("q" if self.visual_attn == "causal" else f"q[{self.visual_attn}{self.window or ''}]")
+        if self.visual_kv:
+            parts.append("kv" if self.kv_source == "state" else f"kv[{self.kv_source}]")
+        if self.visual_ffn is None:
+            parts.append("ffn")
+        elif self.visual_ffn > 0:
+            parts.append(f"ffn[{self.visual_ffn}]")
+        if self.visual_heads is not None:
+            parts.append(f"heads[{len(self.visual_heads)},{self.head_mode}]")
+        if not self.system_query:
+            parts.append("sys-noq")
+        if self.drop_before is not None:
+            parts.append(f"drop<{type(self.drop_before).__name__}")
+        if self.drop_after is not None:
+            parts.append(f"drop>{type(self.drop_after).__name__}")
+        return ",".join(parts) or "-"
+
+
+DENSE_LAYER = LayerPlan()
+#: visual tokens are keys/values only: no query, no FFN (ShortV's layers, ViCA's T2V layers)
+KV_ONLY = LayerPlan(visual_query=False, visual_ffn=0)
+#: visual tokens take no part: not queried, not visible, no FFN (ViCA's other layers, VTW)
+INVISIBLE = LayerPlan(visual_query=False, visual_kv=False, visual_ffn=0)
+
+
+@dataclass(frozen=True)
+class VisualPlan:
+    """One :class:`LayerPlan` per decoder layer plus a name for records."""
+
+    layers: tuple[LayerPlan, ...]
+    name: str = "custom"
+
+    @classmethod
+    def dense(cls, num_layers: int) -> VisualPlan:
+        return cls(tuple([DENSE_LAYER] * num_layers), name="dense")
+
+    @classmethod
+    def from_layers(cls, layers: Sequence[LayerPlan], name: str = "custom") -> VisualPlan:
+        return cls(tuple(layers), name=name)
+
+    def with_layer(self, index: int, layer: LayerPlan) -> VisualPlan:
+        layers = list(self.layers)
+        layers[index] = layer
+        return replace(self, layers=tuple(layers))
+
+    @property
+    def is_dense(self) -> bool:
+        return all(lp.is_dense for lp in self.layers)
+
+    def validate(self, num_layers: int, num_heads: int, ffn_width: int) -> None:
+        """Raise :class:`PlanError` (one line naming the layer and field) for impossible plans."""
+        if len(self.layers) != num_layers:
+            raise PlanError(
+                f"plan '{self.name}' has {len(self.layers)} layers but the backbone has {num_layers}; "
+                "build it with the backbone's layer count"
+            )
+        for i, lp in enumerate(self.layers):
+            where = f"plan '{self.name}' layer {i}"
+            if lp.visual_attn == "window" and (lp.window < 1 or lp.window % 2 == 0):
+                raise PlanError(f"{where}: window must be odd and >= 1, got {lp.window}")
+            if lp.visual_ffn is not None and not 0 <= lp.visual_ffn <= ffn_width:
+                raise PlanError(f"{where}: visual_ffn must be in [0, {ffn_width}], got {lp.visual_ffn}")
+            if lp.visual_heads is not None:
+                bad = [h for h in lp.visual_heads if not 0 <= h < num_heads]
+                if bad:
+                    raise PlanError(f"{where}: visual_heads {bad} out of range [0, {num_heads})")
+            if lp.kv_source not in ("state", "fixed", "projector"):
+                raise PlanError(f"{where}: unknown kv_source '{lp.kv_source}'")
+            if lp.visual_attn not in ("causal", "none", "window"):
+                raise PlanError(f"{where}: unknown visual_attn '{lp.visual_attn}'")
+            for name in ("drop_before", "drop_after"):
+                sel = getattr(lp, name)
+                if sel is not None and not isinstance(sel, Selector):
+                    raise PlanError(f"{where}: {name} must be a Selector (needs, positions, select())")
+                if sel is not None and sel.positions not in ("keep", "renumber"):
+                    raise PlanError(f"{where}: {name}.positions must be 'keep' or 'renumber'")
+
+    def describe(self) -> list[str]:
+        return [lp.describe() for lp in self.layers]

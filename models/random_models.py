@@ -1,0 +1,159 @@
+"""Small random-init models of each family's geometry, and random inputs for them.
+
+``harness verify --random FAMILY`` checks the executor on these; latency and FLOPs may use
+random weights too (recorded as ``weights: random-init``).  The geometry keeps what makes each
+family different (CLIP with feature layer -2 and CLS dropped, anyres tiles with unpadding and
+newline tokens, GQA with q/k/v biases and M-RoPE) and shrinks widths and depths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .backbone import Backbone, BackboneError, wrap
+
+RANDOM_FAMILIES = {"llava-1.5": "llava", "llava-next": "llava_next", "qwen2-vl": "qwen2_vl"}
+VOCAB = 512
+IMAGE_TOKEN = VOCAB - 1
+
+
+def _llama_text(layers: int = 4) -> dict[str, Any]:
+    return dict(
+        model_type="llama", hidden_size=64, intermediate_size=176, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=4, vocab_size=VOCAB, max_position_embeddings=4096,
+        rms_norm_eps=1e-5, initializer_range=0.08, tie_word_embeddings=False,
+    )  # fmt: skip
+
+
+def _clip_vision() -> dict[str, Any]:
+    return dict(
+        model_type="clip_vision_model", hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+        num_attention_heads=4, image_size=84, patch_size=14, projection_dim=48,
+    )  # fmt: skip
+
+
+def build_random(family: str, seed: int = 0, layers: int = 4) -> Backbone:
+    """A random-init backbone of the given family (``llava-1.5``, ``llava-next``, ``qwen2-vl``)."""
+    import transformers
+
+    if family not in RANDOM_FAMILIES:
+        raise BackboneError(
+            f"unknown backbone '{family}': --random takes one of {', '.join(RANDOM_FAMILIES)}"
+        )
+    torch.manual_seed(seed)
+    kind = RANDOM_FAMILIES[family]
+    if kind == "llava":
+        cfg = transformers.LlavaConfig(
+            vision_config=_clip_vision(), text_config=_llama_text(layers), image_token_index=IMAGE_TOKEN,
+            vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
+        )  # fmt: skip
+        model = transformers.LlavaForConditionalGeneration(cfg)
+    elif kind == "llava_next":
+        cfg = transformers.LlavaNextConfig(
+            vision_config=_clip_vision(), text_config=_llama_text(layers), image_token_index=IMAGE_TOKEN,
+            vision_feature_layer=-2, vision_feature_select_strategy="default",
+            image_grid_pinpoints=[[84, 168], [168, 84], [168, 168], [84, 252], [252, 84]],
+        )  # fmt: skip
+        model = transformers.LlavaNextForConditionalGeneration(cfg)
+    else:
+        cfg = transformers.Qwen2VLConfig(
+            text_config=dict(
+                hidden_size=64, intermediate_size=176, num_hidden_layers=layers, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=4096, rms_norm_eps=1e-6,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+                initializer_range=0.08, tie_word_embeddings=False,
+            ),
+            vision_config=dict(
+                depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
+                spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+            ),
+            image_token_id=IMAGE_TOKEN, video_token_id=IMAGE_TOKEN - 1, bos_token_id=1, eos_token_id=2,
+            vision_start_token_id=IMAGE_TOKEN - 2, vision_end_token_id=IMAGE_TOKEN - 3,
+        )  # fmt: skip
+        model = transformers.Qwen2VLForConditionalGeneration(cfg)
+    model = model.float().eval()
+    model.config._attn_implementation = "sdpa"
+    bb = wrap(model, source=f"random:{family}:seed{seed}", weights="random-init")
+    return bb
+
+
+def _image_processor(bb: Backbone):
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    if bb.family == "llava_next":
+        return LlavaNextImageProcessorPil(
+            size={"shortest_edge": 84}, crop_size={"height": 84, "width": 84},
+            image_grid_pinpoints=bb.config.image_grid_pinpoints,
+        )  # fmt: skip
+    if bb.family == "qwen2_vl":
+        return Qwen2VLImageProcessorPil(
+            size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16},
+            patch_size=14, merge_size=2, temporal_patch_size=2,
+        )  # fmt: skip
+    return None
+
+
+def random_image(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+    arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(arr)
+
+
+def random_sample_inputs(
+    bb: Backbone, seed: int, text_len: int, image_size: tuple[int, int] = (84, 84)
+) -> dict:
+    """One sample (batch 1, no padding): [system tokens][image tokens][text tokens]."""
+    rng = np.random.default_rng(seed)
+    proc = _image_processor(bb)
+    if bb.family == "llava":
+        pv = torch.from_numpy(rng.standard_normal((1, 3, 84, 84)).astype(np.float32))
+        inputs: dict[str, Any] = {"pixel_values": pv}
+    elif bb.family == "llava_next":
+        out = proc(images=[random_image(rng, image_size)], return_tensors="pt")
+        inputs = {"pixel_values": out["pixel_values"], "image_sizes": out["image_sizes"]}
+    else:
+        out = proc(images=[random_image(rng, image_size)], return_tensors="pt")
+        inputs = {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+    n_img = sum(e.shape[0] for e in bb.vision(inputs).embeds)
+    sys_ids = rng.integers(4, VOCAB - 8, size=5)
+    txt_ids = rng.integers(4, VOCAB - 8, size=text_len)
+    ids = np.concatenate([[1], sys_ids, np.full(n_img, IMAGE_TOKEN), txt_ids])
+    inputs["input_ids"] = torch.from_numpy(ids).long()[None]
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    return inputs
+
+
+def collate(bb: Backbone, samples: list[dict]) -> dict:
+    """Left-pad single-sample inputs into one batch (the processor does this for real prompts)."""
+    n = max(s["input_ids"].shape[1] for s in samples)
+    ids = torch.zeros(len(samples), n, dtype=torch.long)
+    mask = torch.zeros(len(samples), n, dtype=torch.long)
+    for i, s in enumerate(samples):
+        k = s["input_ids"].shape[1]
+        ids[i, n - k :] = s["input_ids"][0]
+        mask[i, n - k :] = 1
+    out: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+    if bb.family == "llava_next":
+        p = max(s["pixel_values"].shape[1] for s in samples)
+        pv = torch.zeros(len(samples), p, *samples[0]["pixel_values"].shape[2:])
+        for i, s in enumerate(samples):
+            pv[i, : s["pixel_values"].shape[1]] = s["pixel_values"][0]
+        out["pixel_values"] = pv
+        out["image_sizes"] = torch.cat([s["image_sizes"] for s in samples])
+    else:
+        out["pixel_values"] = torch.cat([s["pixel_values"] for s in samples])
+        if bb.family == "qwen2_vl":
+            out["image_grid_thw"] = torch.cat([s["image_grid_thw"] for s in samples])
+    return out
+
+
+RAGGED = [(7, (84, 84)), (12, (140, 84)), (4, (84, 168)), (9, (112, 112))]
+
+
+def ragged_samples(bb: Backbone, n: int = 4, seed: int = 0) -> list[dict]:
+    """n samples with different prompt lengths and (NeXT, Qwen2-VL) different image sizes."""
+    return [random_sample_inputs(bb, seed * 100 + i, *RAGGED[i % len(RAGGED)]) for i in range(n)]
