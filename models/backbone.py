@@ -179,6 +179,31 @@ class Backbone:
         }
 
 
+def collate(bb: Backbone, samples: list[dict]) -> dict:
+    """Left-pad single-sample model inputs into one batch (what the processor does for a list of
+    prompts); pixel inputs are stacked the way each family's HF model expects them."""
+    n = max(s["input_ids"].shape[1] for s in samples)
+    ids = torch.zeros(len(samples), n, dtype=torch.long)
+    mask = torch.zeros(len(samples), n, dtype=torch.long)
+    for i, s in enumerate(samples):
+        k = s["input_ids"].shape[1]
+        ids[i, n - k :] = s["input_ids"][0]
+        mask[i, n - k :] = 1
+    out: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+    if bb.family == "llava_next":
+        p = max(s["pixel_values"].shape[1] for s in samples)
+        pv = torch.zeros(len(samples), p, *samples[0]["pixel_values"].shape[2:])
+        for i, s in enumerate(samples):
+            pv[i, : s["pixel_values"].shape[1]] = s["pixel_values"][0]
+        out["pixel_values"] = pv
+        out["image_sizes"] = torch.cat([s["image_sizes"] for s in samples])
+    else:
+        out["pixel_values"] = torch.cat([s["pixel_values"] for s in samples])
+        if bb.family == "qwen2_vl":
+            out["image_grid_thw"] = torch.cat([s["image_grid_thw"] for s in samples])
+    return out
+
+
 def family_of(config: Any) -> str:
     model_type = getattr(config, "model_type", "")
     if model_type not in FAMILIES:

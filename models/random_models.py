@@ -65,7 +65,7 @@ def build_random(family: str, seed: int = 0, layers: int = 4) -> Backbone:
                 hidden_size=64, intermediate_size=176, num_hidden_layers=layers, num_attention_heads=4,
                 num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=4096, rms_norm_eps=1e-6,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-                initializer_range=0.08, tie_word_embeddings=False,
+                initializer_range=0.08, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
             ),
             vision_config=dict(
                 depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
@@ -125,30 +125,6 @@ def random_sample_inputs(
     inputs["input_ids"] = torch.from_numpy(ids).long()[None]
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
     return inputs
-
-
-def collate(bb: Backbone, samples: list[dict]) -> dict:
-    """Left-pad single-sample inputs into one batch (the processor does this for real prompts)."""
-    n = max(s["input_ids"].shape[1] for s in samples)
-    ids = torch.zeros(len(samples), n, dtype=torch.long)
-    mask = torch.zeros(len(samples), n, dtype=torch.long)
-    for i, s in enumerate(samples):
-        k = s["input_ids"].shape[1]
-        ids[i, n - k :] = s["input_ids"][0]
-        mask[i, n - k :] = 1
-    out: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
-    if bb.family == "llava_next":
-        p = max(s["pixel_values"].shape[1] for s in samples)
-        pv = torch.zeros(len(samples), p, *samples[0]["pixel_values"].shape[2:])
-        for i, s in enumerate(samples):
-            pv[i, : s["pixel_values"].shape[1]] = s["pixel_values"][0]
-        out["pixel_values"] = pv
-        out["image_sizes"] = torch.cat([s["image_sizes"] for s in samples])
-    else:
-        out["pixel_values"] = torch.cat([s["pixel_values"] for s in samples])
-        if bb.family == "qwen2_vl":
-            out["image_grid_thw"] = torch.cat([s["image_grid_thw"] for s in samples])
-    return out
 
 
 RAGGED = [(7, (84, 84)), (12, (140, 84)), (4, (84, 168)), (9, (112, 112))]

@@ -1,0 +1,93 @@
+"""Method registry: names -> method classes, and stacks such as ``vica+pdrop``.
+
+The harness knows methods only through this module.  ``dense`` is the empty stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.models.method import STAGE_ORDER, Method, MethodError
+from harness.models.plan import VisualPlan
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    if cls.name in REGISTRY:
+        raise MethodError(f"method '{cls.name}' registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_all() -> None:
+    """Import the method modules (each registers itself).  Nothing else imports them."""
+    # Methods land in their own files; each is listed here once.
+    return None
+
+
+def names() -> list[str]:
+    _load_all()
+    return ["dense", *sorted(REGISTRY)]
+
+
+def get(name: str) -> type[Method]:
+    _load_all()
+    if name not in REGISTRY:
+        raise MethodError(f"unknown method '{name}': registered methods are {', '.join(names())}")
+    return REGISTRY[name]
+
+
+@dataclass
+class Stack:
+    """An ordered, validated composition of methods (empty = dense)."""
+
+    methods: list[Method] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return "+".join(m.name for m in self.methods) or "dense"
+
+    def params(self) -> dict[str, dict[str, Any]]:
+        return {m.name: m.params.model_dump() for m in self.methods}
+
+    def plan(self, backbone: Any) -> VisualPlan:
+        plan = VisualPlan.dense(backbone.num_layers)
+        for m in self.methods:
+            m.validate_for(backbone)
+            plan = m.apply(plan, backbone)
+        return VisualPlan(plan.layers, name=self.name)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "methods": [m.describe() for m in self.methods]}
+
+
+def build_stack(spec: str, params: dict[str, dict[str, Any]] | None = None) -> Stack:
+    """Parse ``a+b`` into a stack; order must be pre-llm -> structural -> in-llm."""
+    params = dict(params or {})
+    parts = [p.strip() for p in spec.split("+") if p.strip()]
+    if not parts:
+        raise MethodError("empty method name: use 'dense' or a registered method such as 'vica+pdrop'")
+    if parts == ["dense"]:
+        if params.get("dense"):
+            raise MethodError("method 'dense' takes no parameters")
+        return Stack([])
+    if "dense" in parts:
+        raise MethodError(f"'dense' cannot be stacked ('{spec}'): it means no method")
+    if len(set(parts)) != len(parts):
+        raise MethodError(f"method stack '{spec}' repeats a method")
+    unknown = set(params) - set(parts)
+    if unknown:
+        raise MethodError(f"parameters given for {sorted(unknown)} which are not in the stack '{spec}'")
+    methods = [get(p)(**params.get(p, {})) for p in parts]
+    stages = [STAGE_ORDER[m.stage] for m in methods]
+    if stages != sorted(stages):
+        order = " -> ".join(f"{m.name} ({m.stage})" for m in methods)
+        raise MethodError(
+            f"method stack '{spec}' is out of order ({order}); compose pre-llm -> structural -> in-llm"
+        )
+    structural = [m.name for m in methods if m.stage == "structural"]
+    if len(structural) > 1:
+        raise MethodError(f"method stack '{spec}' combines structural methods {structural}; use at most one")
+    return Stack(methods)

@@ -1,0 +1,71 @@
+"""The method protocol: a method is declared once and contributes to a visual plan.
+
+A method has a registry name, a stage (``pre-llm`` reducers change the visual tokens before
+layer 0, ``structural`` methods change what visual tokens do inside layers, ``in-llm`` methods
+drop visual tokens at chosen layers), validated parameters with defaults, and says whether it
+needs its own weights.  Stacks compose in the order pre-llm -> structural -> in-llm
+(design.md section 4).  ``baselines/registry.py`` maps names to these classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .plan import VisualPlan
+
+Stage = Literal["pre-llm", "structural", "in-llm"]
+STAGE_ORDER: dict[str, int] = {"pre-llm": 0, "structural": 1, "in-llm": 2}
+
+
+class MethodError(ValueError):
+    """Bad method name, parameter or stack; one line naming it and the fix."""
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Method:
+    """Base class.  Subclasses set the class variables and override :meth:`apply`."""
+
+    name: ClassVar[str]
+    stage: ClassVar[Stage]
+    description: ClassVar[str] = ""
+    needs_weights: ClassVar[bool] = False
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, **params: Any) -> None:
+        try:
+            self.params = self.Params(**params)
+        except ValidationError as exc:
+            raise MethodError(format_param_error(self.name, self.Params, exc)) from None
+
+    def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
+        """Return the plan with this method's per-layer rules added."""
+        return plan
+
+    def validate_for(self, backbone: Any) -> None:
+        """Raise :class:`MethodError` when the parameters do not fit the backbone."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "stage": self.stage, "params": self.params.model_dump()}
+
+    @classmethod
+    def knobs(cls) -> dict[str, Any]:
+        """Parameter name -> default (and description) for ``harness methods``."""
+        out = {}
+        for name, f in cls.Params.model_fields.items():
+            default = None if f.is_required() else f.get_default(call_default_factory=True)
+            out[name] = {"default": default, "help": f.description or ""}
+        return out
+
+
+def format_param_error(method: str, params: type[BaseModel], exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "?"
+    if err["type"] == "extra_forbidden":
+        known = ", ".join(params.model_fields) or "none"
+        return f"method '{method}': unknown parameter '{key}'; known parameters: {known}"
+    return f"method '{method}': parameter '{key}': {err['msg']} (got {err.get('input')!r})"
