@@ -1,0 +1,67 @@
+"""Open the backbone a suite or a command names, and say what identifies it for fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.models.backbone import Backbone, BackboneError, load_backbone
+from harness.models.random_models import RANDOM_FAMILIES, build_random
+
+from .errors import HarnessError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def open_backbone(model: str, dtype: str = "float32", device: str = "cpu") -> Backbone:
+    """``random:FAMILY`` (random init of a small geometry), a local directory or a hub id."""
+    try:
+        if model.startswith("random:"):
+            family = model.split(":", 1)[1]
+            if family not in RANDOM_FAMILIES:
+                raise BackboneError(
+                    f"unknown backbone '{model}': random backbones are "
+                    + ", ".join(f"random:{f}" for f in RANDOM_FAMILIES)
+                )
+            bb = build_random(family)
+            return bb if dtype == "float32" else _cast(bb, dtype)
+        return load_backbone(model, dtype=DTYPES[dtype], device=device)
+    except BackboneError as exc:
+        raise HarnessError(str(exc)) from None
+
+
+def _cast(bb: Backbone, dtype: str) -> Backbone:
+    bb.model.to(DTYPES[dtype])
+    return bb
+
+
+def model_identity(model: str) -> dict[str, Any]:
+    """What pins a checkpoint's content without loading it: config + per-file size and head/tail
+    hashes of the weight files (fast even for 7B checkpoints)."""
+    if model.startswith("random:"):
+        return {"model": model, "weights": "random-init", "seed": 0}
+    path = Path(model)
+    if not path.exists():
+        return {"model": model}
+    ident: dict[str, Any] = {"model": path.name}
+    cfg = path / "config.json"
+    if cfg.exists():
+        ident["config"] = hashlib.sha256(
+            json.dumps(json.loads(cfg.read_text()), sort_keys=True).encode()
+        ).hexdigest()[:16]
+    files = {}
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        h = hashlib.sha256()
+        size = f.stat().st_size
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(size - (1 << 20))
+                h.update(fh.read(1 << 20))
+        files[f.name] = f"{size}:{h.hexdigest()[:16]}"
+    ident["files"] = files
+    return ident

@@ -1,0 +1,118 @@
+"""Run records: one JSON file per cell, written atomically, keyed by a fingerprint.
+
+Readable without seebench: top-level keys ``fingerprint``, ``backbone``, ``method`` (the stack as
+a string, ``dense`` for none, e.g. ``vica+pdrop``), ``params``, ``task``, ``scenario``, ``metrics``
+(flat name -> number; accuracy as ``accuracy`` in [0, 1]), ``environment``; plus ``status``,
+``details`` (per-sample correctness, per-layer budgets, ...), timing and provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    fingerprint: str
+    suite: str = ""
+    backbone: str
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    task: str
+    scenario: str
+    status: Literal["ok", "failed", "skipped"] = "ok"
+    error: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    details: dict[str, Any] = Field(default_factory=dict)
+    backbone_info: dict[str, Any] = Field(default_factory=dict)
+    cell: dict[str, Any] = Field(default_factory=dict)
+    environment: dict[str, Any] = Field(default_factory=dict)
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    duration_s: float = 0.0
+
+    @field_validator("metrics")
+    @classmethod
+    def _finite(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, x in v.items() if not math.isfinite(float(x))]
+        if bad:
+            raise ValueError(f"metrics must be finite numbers; not finite: {bad}")
+        return {k: float(x) for k, x in v.items()}
+
+    def file_name(self) -> str:
+        return record_file_name(self.backbone, self.method, self.task, self.scenario, self.fingerprint)
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.+" else "-" for c in s)[:60]
+
+
+def record_file_name(backbone: str, method: str, task: str, scenario: str, fingerprint: str) -> str:
+    return f"{_slug(backbone)}__{_slug(method)}__{_slug(task)}__{_slug(scenario)}__{fingerprint[:12]}.json"
+
+
+def fingerprint(payload: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of everything that determines a cell's result."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: a killed run leaves either the
+    old file or the new one, never half a record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(record: Record, out_dir: Path) -> Path:
+    path = Path(out_dir) / record.file_name()
+    write_atomic(path, record.model_dump_json(indent=2))
+    return path
+
+
+def load(path: Path) -> Record:
+    return Record.model_validate_json(Path(path).read_text())
+
+
+def load_dir(out_dir: Path) -> list[Record]:
+    """Every record under a folder (recursively), sorted by file name; unreadable files raise."""
+    return [load(p) for p in sorted(Path(out_dir).rglob("*.json")) if not p.name.startswith(".tmp-")]
+
+
+def finished_fingerprints(out_dir: Path) -> set[str]:
+    """Fingerprints of cells whose record exists with status ok (resume skips them)."""
+    done: set[str] = set()
+    root = Path(out_dir)
+    if not root.exists():
+        return done
+    for p in root.rglob("*.json"):
+        if p.name.startswith(".tmp-"):
+            continue
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if data.get("status") == "ok" and "fingerprint" in data:
+            done.add(data["fingerprint"])
+    return done

@@ -1,0 +1,156 @@
+"""Run a suite: expand cells, skip finished ones (resume by fingerprint), write one record each.
+
+A cell's record is written the moment it finishes, atomically, so a killed run loses at most the
+cell in flight; a restart re-runs exactly the cells without an ``ok`` record.  A failing cell is
+recorded with ``status: failed`` and its one-line error, and the run continues.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import environment, records
+from .backbones import model_identity, open_backbone
+from .errors import HarnessError
+from .scenarios import SCENARIOS, CellContext
+from .suite import Cell, Suite, expand
+
+FINGERPRINT_FIELDS = (
+    "backbone identity, method stack + params, task + version, scenario, mode, library versions"
+)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``i/N`` (1-based) -> (i, N)."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise HarnessError(f"--shard takes i/N such as 1/3, got '{text}'") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise HarnessError(f"--shard {text}: need 1 <= i <= N")
+    return i, n
+
+
+def select_shard(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
+    if shard is None:
+        return cells
+    i, n = shard
+    return [c for c in cells if c.index % n == i - 1]
+
+
+def cell_fingerprint(cell: Cell) -> str:
+    from harness.baselines.registry import build_stack
+
+    from .tasks import task_version
+
+    stack = build_stack(cell.method.name, cell.method.params)
+    payload = {
+        "backbone": model_identity(cell.backbone.model),
+        "dtype": cell.backbone.dtype,
+        "device": cell.backbone.device,
+        "method": stack.name,
+        "params": stack.params(),
+        "task": cell.task,
+        "task_version": task_version(cell.task),
+        "scenario": cell.scenario.model_dump(),
+        "mode": cell.mode,
+        "versions": environment.fingerprint_versions(),
+    }
+    return records.fingerprint(payload)
+
+
+@dataclass
+class RunSummary:
+    cells: int = 0
+    ran: int = 0
+    skipped: int = 0
+    failed: int = 0
+    records: list[records.Record] = field(default_factory=list)
+
+
+class _Backbones:
+    """Opens each backbone once per run."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, Any] = {}
+
+    def get(self, cell: Cell):
+        key = (cell.backbone.model, cell.backbone.dtype, cell.backbone.device)
+        if key not in self._cache:
+            self._cache.clear()
+            self._cache[key] = open_backbone(*key)
+        return self._cache[key]
+
+
+def run_cell(cell: Cell, fp: str, backbones: _Backbones, env: dict[str, Any]) -> records.Record:
+    from harness.baselines.registry import build_stack
+    from harness.models.method import MethodError
+
+    start = time.perf_counter()
+    base = dict(
+        fingerprint=fp, suite=cell.suite, backbone=cell.backbone.name, task=cell.task,
+        scenario=cell.scenario.kind, cell=cell.spec(), environment=env,
+    )  # fmt: skip
+    try:
+        stack = build_stack(cell.method.name, cell.method.params)
+        base.update(method=stack.name, params=stack.params())
+        bb = backbones.get(cell)
+        torch.manual_seed(cell.scenario.seed)
+        metrics, details = SCENARIOS[cell.scenario.kind].run(CellContext(bb, stack, cell))
+        return records.Record(
+            **base, metrics=metrics, details=details, backbone_info=bb.describe(),
+            duration_s=time.perf_counter() - start,
+        )  # fmt: skip
+    except (HarnessError, MethodError, ValueError, RuntimeError) as exc:
+        base.setdefault("method", cell.method.name)
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return records.Record(
+            **base, status="failed", error=f"{type(exc).__name__}: {msg}",
+            details={"traceback": traceback.format_exc(limit=8)}, duration_s=time.perf_counter() - start,
+        )  # fmt: skip
+
+
+def run_suite(
+    suite: Suite,
+    out_dir: Path,
+    *,
+    force: bool = False,
+    shard: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> RunSummary:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells = select_shard(expand(suite), shard)
+    done = set() if force else records.finished_fingerprints(out_dir)
+    env = environment.capture()
+    summary = RunSummary(cells=len(cells))
+    backbones = _Backbones()
+    todo = [(c, cell_fingerprint(c)) for c in cells]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        disable=not progress, transient=False,
+    ) as bar:  # fmt: skip
+        job = bar.add_task(f"suite {suite.name}", total=len(todo))
+        for cell, fp in todo:
+            bar.update(job, description=f"{cell.label()}")
+            if fp in done:
+                summary.skipped += 1
+                bar.advance(job)
+                continue
+            rec = run_cell(cell, fp, backbones, env)
+            records.save(rec, out_dir)
+            summary.records.append(rec)
+            summary.ran += 1
+            summary.failed += rec.status == "failed"
+            bar.advance(job)
+    return summary
