@@ -1,0 +1,61 @@
+"""The CLI answers bad input with one line on stderr and exit code 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from harness.cli import main
+
+
+def _run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["verify", "--random", "llava-9"], "invalid choice: 'llava-9'"),
+        (["verify", "/no/such/model"], "model directory '/no/such/model' does not exist"),
+        (["verify", "--random", "llava-1.5", "--batch", "0"], "batch size must be >= 1, got 0"),
+        (["run", "--suite", "no-such-suite"], "unknown suite 'no-such-suite'"),
+    ],
+)
+def test_bad_inputs_one_line_errors(args, message):
+    out = _run(*args)
+    assert out.returncode == 2
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, out.stderr
+    assert message in lines[0]
+
+
+def test_unknown_backbone_type_in_a_directory(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    out = _run("verify", str(tmp_path))
+    assert out.returncode == 2
+    assert "unknown backbone model_type 'bert'" in out.stderr
+
+
+def test_suite_with_unknown_key_via_cli(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(
+        "name: x\nbackbones: [{name: a, model: 'random:llava-1.5'}]\nscenarios: [{kind: verify}]\nextra: 1\n"
+    )
+    out = _run("run", "--suite", str(p), "--out", str(tmp_path / "o"))
+    assert out.returncode == 2
+    assert "unknown key 'extra' at top level" in out.stderr
+
+
+def test_verify_random_json(capsys):
+    assert main(["verify", "--random", "qwen2-vl", "--json", "--batch", "2", "--tokens", "4"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is True and data["samples"] == 2 and data["max_abs_diff_batched"] <= 1e-4
+
+
+def test_methods_json_lists_dense(capsys):
+    assert main(["methods", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data[0]["name"] == "dense" and "stage" in data[0]

@@ -1,0 +1,44 @@
+"""Packaging: every package folder is installed under its collision-free import name."""
+
+from pathlib import Path
+
+import tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+MAPPING = {"harness": "harness", "harness.models": "models", "harness.baselines": "baselines"}
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert cfg["package-dir"] == MAPPING
+    found = set()
+    for name, folder in MAPPING.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((name, *rel)))
+    assert found == set(cfg["packages"])
+
+
+def test_models_import_as_harness_models():
+    import harness.baselines.registry as reg
+    import harness.models.executor as ex
+
+    assert Path(ex.__file__).parent == ROOT / "models"
+    assert Path(reg.__file__).parent == ROOT / "baselines"
+
+
+def test_models_never_import_harness_instrument():
+    """design.md section 2: models/ never imports harness/ (only harness.models itself)."""
+    bad = []
+    for py in (ROOT / "models").rglob("*.py"):
+        for line in py.read_text().splitlines():
+            s = line.strip()
+            if s.startswith(("from harness", "import harness")) and not s.startswith(
+                ("from harness.models", "import harness.models")
+            ):
+                bad.append(f"{py.name}: {s}")
+    assert not bad, bad
+
+
+def test_constraints_pin_torch():
+    assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text().split()
