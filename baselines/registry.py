@@ -39,6 +39,14 @@ def get(name: str) -> type[Method]:
     return REGISTRY[name]
 
 
+def _make(part: str, params: dict[str, dict[str, Any]]) -> Method:
+    if part.startswith("plan:"):
+        from harness.models.plan_spec import HandPlan
+
+        return HandPlan(spec=part.removeprefix("plan:"))
+    return get(part)(**params.get(part, {}))
+
+
 @dataclass
 class Stack:
     """An ordered, validated composition of methods (empty = dense)."""
@@ -47,7 +55,7 @@ class Stack:
 
     @property
     def name(self) -> str:
-        return "+".join(m.name for m in self.methods) or "dense"
+        return "+".join(m.label for m in self.methods) or "dense"
 
     def params(self) -> dict[str, dict[str, Any]]:
         return {m.name: m.params.model_dump() for m in self.methods}
@@ -80,7 +88,7 @@ def build_stack(spec: str, params: dict[str, dict[str, Any]] | None = None) -> S
     unknown = set(params) - set(parts)
     if unknown:
         raise MethodError(f"parameters given for {sorted(unknown)} which are not in the stack '{spec}'")
-    methods = [get(p)(**params.get(p, {})) for p in parts]
+    methods = [_make(p, params) for p in parts]
     stages = [STAGE_ORDER[m.stage] for m in methods]
     if stages != sorted(stages):
         order = " -> ".join(f"{m.name} ({m.stage})" for m in methods)

@@ -178,17 +178,20 @@ class Executor:
         )
 
     # ------------------------------------------------------------------ one layer
-    def _roles(
-        self, st: _State, lp: LayerPlan
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _roles(self, st: _State, lp: LayerPlan) -> tuple[torch.Tensor, ...]:
+        """Row masks [B, M]: attention queries, key/value rows, FFN rows, keys text may read."""
         valid = st.alive
         is_vis = st.ttype == VIS
-        is_sys = st.ttype == SYS
-        q_rows = valid & ~(is_vis & (not lp.visual_query)) & ~(is_sys & (not lp.system_query))
+        non_vis = valid & ~is_vis
+        vis = valid & is_vis
+        none = torch.zeros_like(valid)
+        q_rows = non_vis if lp.system_query else (non_vis & (st.ttype != SYS))
+        if lp.visual_query:
+            q_rows = q_rows | vis
         vis_as_key = lp.visual_kv or (lp.visual_query and lp.visual_attn != "none")
-        kv_rows = valid & (~is_vis | vis_as_key)
-        ffn_rows = valid & (~is_vis | (lp.visual_ffn != 0))
-        text_visible = kv_rows & (~is_vis | lp.visual_kv)
+        kv_rows = non_vis | (vis if vis_as_key else none)
+        ffn_rows = non_vis | (vis if lp.visual_ffn != 0 else none)
+        text_visible = non_vis | (vis if lp.visual_kv else none)
         return q_rows, kv_rows, ffn_rows, text_visible
 
     def _layer(
@@ -220,11 +223,12 @@ class Executor:
             q_idx = None if bool((q_rows == st.alive).all()) else _select_index(q_rows, scratch)[0]
             kv_idx = None if bool((kv_rows == st.alive).all()) else _select_index(kv_rows, scratch)[0]
 
+        # idx None = every row but the scratch row (nothing gathered); else the gathered rows
         hn = layer.input_layernorm(st.x)
         q_meta = self._meta(st, q_idx)
         k_meta = self._meta(st, kv_idx)
-        hq = hn if q_idx is None else _gather_rows(hn, q_idx)
-        hk = hn if kv_idx is None else (hq if kv_idx is q_idx else _gather_rows(hn, kv_idx))
+        hq = hn[:, :-1] if q_idx is None else _gather_rows(hn, q_idx)
+        hk = hn[:, :-1] if kv_idx is None else (hq if kv_idx is q_idx else _gather_rows(hn, kv_idx))
         b, nq, _ = hq.shape
         nk = hk.shape[1]
         H, Hkv, d = bb.num_heads, bb.num_kv_heads, bb.head_dim
@@ -237,8 +241,8 @@ class Executor:
         k = bb.rotate(k, cos_k, sin_k)
 
         # which (query, key) pairs are allowed, and per-head rules
-        q_ok = q_rows if q_idx is None else _gather_rows(q_rows, q_idx)
-        k_ok = kv_rows if kv_idx is None else _gather_rows(kv_rows, kv_idx)
+        q_ok = q_rows[:, :-1] if q_idx is None else _gather_rows(q_rows, q_idx)
+        k_ok = kv_rows[:, :-1] if kv_idx is None else _gather_rows(kv_rows, kv_idx)
         mask = self._attn_mask(lp, q_meta, k_meta, q_ok, k_ok)  # [B, 1|H, nq, nk]
         v_used = v
         head_zero_q = None
@@ -246,9 +250,10 @@ class Executor:
             mask, v_used, head_zero_q = self._head_rules(lp, mask, v, q_meta, k_meta, H, Hkv)
         empty = ~mask.any(-1, keepdim=True)  # rows with no allowed key (e.g. padding)
         mask = mask | empty
-        k_used = k if v_used.shape[1] == k.shape[1] else _expand_kv(k, H)
+        gqa = int(v_used.shape[1]) != H
+        k_used = k if int(v_used.shape[1]) == int(k.shape[1]) else _expand_kv(k, H)
         out = F.scaled_dot_product_attention(
-            q, k_used, v_used, attn_mask=mask, scale=attn.scaling, enable_gqa=(v_used.shape[1] != H)
+            q, k_used, v_used, attn_mask=mask, scale=attn.scaling, enable_gqa=gqa
         )
         out = out.masked_fill(empty, 0.0)
         if head_zero_q is not None:
@@ -263,7 +268,7 @@ class Executor:
 
         # residual update of the query rows
         if q_idx is None:
-            st.x = st.x + upd * q_rows[..., None].to(upd.dtype)
+            st.x[:, :-1] += upd * q_rows[:, :-1, None].to(upd.dtype)
         else:
             st.x = st.x.scatter_add(1, q_idx[..., None].expand(-1, -1, upd.shape[-1]), upd)
         self._ffn(st, layer, lp, ffn_rows, scratch)
@@ -274,7 +279,7 @@ class Executor:
 
         kv = None
         if cache_extra is not None:
-            tv = text_visible if kv_idx is None else _gather_rows(text_visible, kv_idx)
+            tv = text_visible[:, :-1] if kv_idx is None else _gather_rows(text_visible, kv_idx)
             kvis = k_meta["ttype"] == VIS
             kv = LayerKV.from_prefill(k, v, tv, kvis, st.next_pos, cache_extra)
             if self.mode == "drop":
@@ -287,7 +292,8 @@ class Executor:
 
     def _meta(self, st: _State, idx: torch.Tensor | None) -> dict[str, torch.Tensor]:
         if idx is None:
-            return {"ttype": st.ttype, "order": st.order, "coords": st.coords, "pos": st.pos}
+            return {"ttype": st.ttype[:, :-1], "order": st.order[:, :-1], "coords": st.coords[:, :-1],
+                    "pos": st.pos[:, :, :-1]}  # fmt: skip
         pos = torch.stack([_gather_rows(p, idx) for p in st.pos])
         return {
             "ttype": _gather_rows(st.ttype, idx),
@@ -339,20 +345,21 @@ class Executor:
         is_vis = st.ttype == VIS
         width = lp.visual_ffn
         if self.mode == "mask":
-            hn = layer.post_attention_layernorm(st.x)
+            hn = layer.post_attention_layernorm(st.x[:, :-1])
             if width is None or width == 0:
                 upd = mlp(hn)
             else:
                 act = mlp.act_fn(mlp.gate_proj(hn)) * mlp.up_proj(hn)
                 ch = torch.arange(act.shape[-1], device=act.device)
-                keep = ~is_vis[..., None] | (ch < width)
+                keep = ~is_vis[:, :-1, None] | (ch < width)
                 upd = mlp.down_proj(act * keep.to(act.dtype))
-            st.x = st.x + upd * ffn_rows[..., None].to(upd.dtype)
+            st.x[:, :-1] += upd * ffn_rows[:, :-1, None].to(upd.dtype)
             return
-        full_rows = ffn_rows & (~is_vis | (width is None))
-        part_rows = ffn_rows & is_vis & (width is not None) & (width != 0)
+        partial = width is not None and width != 0
+        full_rows = ffn_rows & ~is_vis if partial else ffn_rows
+        part_rows = ffn_rows & is_vis if partial else torch.zeros_like(ffn_rows)
         if bool((full_rows == st.alive).all()):
-            st.x = st.x + mlp(layer.post_attention_layernorm(st.x))
+            st.x[:, :-1] += mlp(layer.post_attention_layernorm(st.x[:, :-1]))
         elif bool(full_rows.any()):
             idx, _ = _select_index(full_rows, scratch)
             hn = layer.post_attention_layernorm(_gather_rows(st.x, idx))
@@ -435,7 +442,7 @@ class Executor:
         """Row index (into the state) of each key column used in this layer [B, nk]."""
         _, kv_rows, _, _ = self._roles(st, lp)
         if self.mode == "mask" or bool((kv_rows == st.alive).all()):
-            return torch.arange(st.m, device=st.x.device).expand(st.x.shape[0], -1)
+            return torch.arange(st.m - 1, device=st.x.device).expand(st.x.shape[0], -1)
         return _select_index(kv_rows, st.m - 1)[0]
 
     def _scores_before(self, st: _State, li: int, lp: LayerPlan) -> tuple[torch.Tensor, torch.Tensor]:
@@ -443,7 +450,7 @@ class Executor:
         (PDrop's rank layer): the last prompt token's attention over all present keys."""
         bb = self.bb
         attn = bb.layers[li].self_attn
-        hn = bb.layers[li].input_layernorm(st.x)
+        hn = bb.layers[li].input_layernorm(st.x[:, :-1])  # every row but the scratch row
         b, m, _ = hn.shape
         H, Hkv, d = bb.num_heads, bb.num_kv_heads, bb.head_dim
         _, last = self._last_rows(st)
@@ -453,10 +460,10 @@ class Executor:
         q = attn.q_proj(hq).view(b, 1, H, d).transpose(1, 2)
         k = attn.k_proj(hn).view(b, m, Hkv, d).transpose(1, 2)
         cq, sq = bb.rope(hq, pos_q)
-        ck, sk = bb.rope(hn, st.pos)
+        ck, sk = bb.rope(hn, st.pos[:, :, :-1])
         q, k = bb.rotate(q, cq, sq), bb.rotate(k, ck, sk)
         logits = (q.float() @ _expand_kv(k, H).float().transpose(-1, -2)) * attn.scaling
-        ok = st.alive & (st.order <= st.order[bi, last][:, None])
+        ok = (st.alive & (st.order <= st.order[bi, last][:, None]))[:, :-1]
         logits = logits.masked_fill(~ok[:, None, None, :], float("-inf"))
         probs = torch.softmax(logits, -1).mean(1)[:, 0]
         rows = torch.arange(m, device=hn.device).expand(b, -1)
@@ -542,7 +549,7 @@ class Executor:
                     vv = _expand_kv(vv, H).masked_fill(pruned & is_vis[:, None, :, None], 0.0)
                     kk = _expand_kv(kk, H)
             out = F.scaled_dot_product_attention(
-                q, kk, vv, attn_mask=mask, scale=attn.scaling, enable_gqa=(kk.shape[1] != H)
+                q, kk, vv, attn_mask=mask, scale=attn.scaling, enable_gqa=int(kk.shape[1]) != H
             )
             x = x + attn.o_proj(out.transpose(1, 2).reshape(b, 1, H * d))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
@@ -579,7 +586,7 @@ class Executor:
 
 def _expand_kv(t: torch.Tensor, heads: int) -> torch.Tensor:
     """[B, Hkv, N, d] -> [B, H, N, d] (grouped-query attention)."""
-    rep = heads // t.shape[1]
+    rep = heads // int(t.shape[1])
     return t if rep == 1 else t.repeat_interleave(rep, dim=1)
 
 

@@ -83,6 +83,15 @@ class KVCache:
             total = t if total is None else total + t
         return [int(x) for x in total.tolist()] if total is not None else []
 
+    def visual_bytes_per_sample(self) -> list[int]:
+        """The visual share of :meth:`bytes_per_sample`."""
+        total = None
+        for lk in self.layers:
+            per_entry = 2 * lk.k.shape[1] * lk.k.shape[3] * lk.k.element_size()
+            n = (lk.valid[:, : lk.length] & lk.is_visual[:, : lk.length]).sum(1) * per_entry
+            total = n if total is None else total + n
+        return [int(x) for x in total.tolist()] if total is not None else []
+
     def visual_entries(self) -> list[int]:
         """Readable visual entries per layer, summed over the batch."""
         return [int((lk.valid[:, : lk.length] & lk.is_visual[:, : lk.length]).sum()) for lk in self.layers]

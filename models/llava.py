@@ -8,6 +8,7 @@ computes it and throws it away).  The saving is recorded as ``vision_layers_run`
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -60,8 +61,8 @@ class LlavaBackbone(Backbone):
         feats, run, total = self._vision_features(inputs["pixel_values"])
         feats = self._select(feats)
         embeds = self.model.model.multi_modal_projector(feats)
-        n = feats.shape[1]
-        g = int(round(n**0.5))
+        n = int(feats.shape[1])
+        g = math.isqrt(n)
         j = torch.arange(n)
         grid = torch.stack([torch.zeros_like(j), j // g, j % g], 1) if g * g == n else torch.stack(
             [torch.zeros_like(j), torch.zeros_like(j), j], 1
@@ -192,7 +193,7 @@ class LlavaNextBackbone(LlavaBackbone):
             marker, image_size[None], self.config.vision_feature_select_strategy, image_newline=torch.zeros(1)
         )
         packed = packed[0][:, 0]
-        g = int(round(n_tok**0.5))
+        g = math.isqrt(int(n_tok))
         out = torch.full((packed.shape[0], 3), -1, dtype=torch.long)
         if n_patch == 1:
             j = torch.arange(packed.shape[0] - 1)

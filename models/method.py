@@ -42,6 +42,11 @@ class Method:
         except ValidationError as exc:
             raise MethodError(format_param_error(self.name, self.Params, exc)) from None
 
+    @property
+    def label(self) -> str:
+        """How the method appears in a stack string (``fastv``, ``plan:kv_only=0-18``)."""
+        return self.name
+
     def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
         """Return the plan with this method's per-layer rules added."""
         return plan
