@@ -1,0 +1,315 @@
+"""Paper geometries: the shapes of the published backbones, without weights.
+
+A `Geometry` carries everything the analytic FLOPs model (`harness.flops_analytic`) needs and enough to
+build the matching Hugging Face config at full size (`hf_config`), so that a model can be instantiated
+under `FakeTensorMode` (no memory allocated) and its operations counted.
+
+Token-count conventions (docs/methods/flops.md §1, README.md §2.1):
+
+- ``v``: visual tokens that enter the decoder.
+  LLaVA-1.5: 576 (24 x 24 CLIP patches, CLS dropped).
+  LLaVA-NeXT: 2880 = 5 x 576, the "max anyres" figure before the ``_unpad`` step (base image + 2 x 2
+  tiles; the count VisPruner's evaluation uses). A real 672 x 672 image gives 2928 tokens in HF
+  (576 base + 48 rows x (48 + 1 newline)); see `hf_visual_tokens`.
+  Qwen2-VL: dynamic; we fix a standard 448 x 448 image -> 32 x 32 patches of 14 px -> 2 x 2 merge ->
+  256 tokens.
+- ``s``: system-prefix tokens before the image (S). LLaVA ``vicuna_v1``: 35 (BOS + system prompt +
+  ``USER: ``). Qwen2-VL default chat template: 15 (``<|im_start|>system ... <|im_start|>user\\n
+  <|vision_start|>``; YOPO's hard-coded Qwen2-VL prefix).
+- ``t``: **all non-visual prompt tokens**, S + T (system prefix plus the text after the image).
+  Default 64, the value ShortV fixes in its tables and ViCA uses in its visual-side column
+  (flops.md §2.3-2.4). The text after the image is therefore ``t - s`` (29 for LLaVA-1.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+Family = Literal["llava", "llava_next", "qwen2_vl"]
+
+
+@dataclass(frozen=True)
+class VisionGeometry:
+    """A ViT vision tower as executed in prefill (per image)."""
+
+    name: str
+    layers: int  # encoder layers the checkpoint holds (and HF executes)
+    layers_needed: int  # layers whose output is used (LLaVA: select layer -2 -> 23 of 24)
+    width: int
+    mlp: int
+    heads: int
+    patch: int
+    image_size: int  # side of one crop in pixels
+    cls_token: bool = True
+    crops: int = 1  # LLaVA-NeXT anyres: base image + tiles
+    temporal_patch: int = 1  # Qwen2-VL: Conv3d over 2 frames (a still image is duplicated)
+    channels: int = 3
+    merge: int = 1  # Qwen2-VL: 2 x 2 patches -> 1 token in the merger
+    select_layer: int = -2
+
+    @property
+    def patches(self) -> int:
+        """Patches per crop."""
+        return (self.image_size // self.patch) ** 2
+
+    @property
+    def tokens(self) -> int:
+        """Sequence length inside the encoder, per crop (577 for CLIP ViT-L/14-336)."""
+        return self.patches + int(self.cls_token)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Decoder + vision geometry of one backbone (no weights)."""
+
+    name: str
+    family: Family
+    layers: int  # L
+    hidden: int  # h
+    intermediate: int  # m (SwiGLU: gate, up, down)
+    heads: int  # H
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    v: int  # visual tokens entering the decoder
+    s: int  # system-prefix tokens (S)
+    vision: VisionGeometry
+    projector: tuple[tuple[int, int], ...]  # (in, out) of each projector matrix
+    projector_rows: int  # rows through the projector (LLaVA-NeXT: all 5 x 576 crops)
+    t: int = 64  # all non-visual prompt tokens, S + T (ShortV convention)
+    image_token_id: int = 32000
+    rope_theta: float = 10000.0
+    max_positions: int = 4096
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def q_width(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_width(self) -> int:
+        """Width of the K and V projections (GQA: n_kv_heads x head_dim)."""
+        return self.kv_heads * self.head_dim
+
+    @property
+    def text_tokens(self) -> int:
+        """Text tokens after the image (T) under the default ``t``."""
+        return self.t - self.s
+
+    def with_tokens(self, *, v: int | None = None, t: int | None = None) -> Geometry:
+        """Copy with another visual count and/or non-visual count."""
+        return replace(self, v=self.v if v is None else v, t=self.t if t is None else t)
+
+
+CLIP_L14_336 = VisionGeometry(
+    name="clip-vit-large-patch14-336",
+    layers=24,
+    layers_needed=23,
+    width=1024,
+    mlp=4096,
+    heads=16,
+    patch=14,
+    image_size=336,
+)
+
+QWEN2_VL_VIT = VisionGeometry(
+    name="qwen2-vl-vit-675m",
+    layers=32,
+    layers_needed=32,
+    width=1280,
+    mlp=5120,
+    heads=16,
+    patch=14,
+    image_size=448,
+    cls_token=False,
+    temporal_patch=2,
+    merge=2,
+    select_layer=-1,
+)
+
+LLAVA_NEXT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
+
+
+def _llava(name: str, layers: int, hidden: int, inter: int, heads: int, source: str) -> Geometry:
+    return Geometry(
+        name=name,
+        family="llava",
+        layers=layers,
+        hidden=hidden,
+        intermediate=inter,
+        heads=heads,
+        kv_heads=heads,
+        head_dim=hidden // heads,
+        vocab=32064,
+        v=576,
+        s=35,
+        vision=CLIP_L14_336,
+        projector=((1024, hidden), (hidden, hidden)),  # mlp2x_gelu
+        projector_rows=576,
+        source=source,
+    )
+
+
+def _llava_next(name: str, layers: int, hidden: int, inter: int, heads: int, source: str) -> Geometry:
+    base = _llava(name, layers, hidden, inter, heads, source)
+    return replace(
+        base,
+        family="llava_next",
+        v=2880,
+        vision=replace(CLIP_L14_336, crops=5),
+        projector_rows=5 * 576,
+        extra={"hf_image_size": (672, 672)},
+    )
+
+
+_VICUNA7 = "Vicuna-7B-v1.5 (LLaMA-2-7B shapes); llava-hf conversion vocab 32064 (original 32000)"
+_VICUNA13 = "Vicuna-13B-v1.5 (LLaMA-2-13B shapes); llava-hf conversion vocab 32064 (original 32000)"
+
+PAPER_GEOMETRIES: dict[str, Geometry] = {
+    "llava-1.5-7b": _llava("llava-1.5-7b", 32, 4096, 11008, 32, _VICUNA7),
+    "llava-1.5-13b": _llava("llava-1.5-13b", 40, 5120, 13824, 40, _VICUNA13),
+    "llava-next-7b": _llava_next("llava-next-7b", 32, 4096, 11008, 32, "llava-v1.6-vicuna-7b; " + _VICUNA7),
+    "llava-next-13b": _llava_next(
+        "llava-next-13b", 40, 5120, 13824, 40, "llava-v1.6-vicuna-13b; " + _VICUNA13
+    ),
+    # LLaVA-1.5-3B of the ViCA paper = LLaVA-1.5 recipe on MobileLLaMA-2.7B. Shapes verified against the
+    # public config.json of mtgv/MobileVLM-3B (built on MobileLLaMA-2.7B-Chat): hidden 2560,
+    # intermediate 6912, 32 layers, 32 heads (head_dim 80), 32 KV heads, vocab 32000, 2048 positions.
+    # There is no llava-hf conversion; vocab 32064 assumes the llava-hf layout like the other LLaVA rows.
+    "mobilellama-2.7b": replace(
+        _llava("mobilellama-2.7b", 32, 2560, 6912, 32, "MobileLLaMA-2.7B (mtgv/MobileVLM-3B config.json)"),
+        max_positions=2048,
+    ),
+    # Qwen2-VL-7B(-Instruct) config.json: hidden 3584, intermediate 18944, 28 layers, 28 heads, 4 KV heads
+    # (head_dim 128), vocab 152064, rope_theta 1e6, M-RoPE sections [16, 24, 24]; vision: 32 blocks,
+    # embed 1280, mlp_ratio 4, 16 heads, patch 14, temporal patch 2, spatial merge 2 (675M ViT).
+    # Image fixed at 448 x 448 -> 1024 patches -> 256 tokens; merger MLP 5120 -> 5120 -> 3584.
+    "qwen2-vl-7b": Geometry(
+        name="qwen2-vl-7b",
+        family="qwen2_vl",
+        layers=28,
+        hidden=3584,
+        intermediate=18944,
+        heads=28,
+        kv_heads=4,
+        head_dim=128,
+        vocab=152064,
+        v=256,
+        s=15,
+        vision=QWEN2_VL_VIT,
+        projector=((5120, 5120), (5120, 3584)),
+        projector_rows=256,
+        image_token_id=151655,
+        rope_theta=1_000_000.0,
+        max_positions=32768,
+        source="Qwen/Qwen2-VL-7B-Instruct config.json; image 448x448",
+        extra={"vision_start_token_id": 151652, "vision_end_token_id": 151653, "video_token_id": 151656},
+    ),
+}
+
+
+def get_geometry(name: str) -> Geometry:
+    """Look up a paper geometry by name (e.g. ``llava-1.5-7b``)."""
+    try:
+        return PAPER_GEOMETRIES[name]
+    except KeyError:
+        raise KeyError(f"unknown geometry {name!r}; known: {sorted(PAPER_GEOMETRIES)}") from None
+
+
+def hf_visual_tokens(g: Geometry) -> int:
+    """Visual tokens HF produces for the reference image used by the FakeTensor cross-check.
+
+    LLaVA: one 336 px crop -> 576. Qwen2-VL: 448 px -> 256. LLaVA-NeXT: a 672 x 672 image (an exact
+    2 x 2 pinpoint, so ``_unpad`` removes nothing) -> 576 base + (2*24) x (2*24 + 1 newline) = 2928.
+    """
+    if g.family != "llava_next":
+        return g.v
+    side = g.vision.image_size // g.vision.patch
+    h_px, w_px = g.extra.get("hf_image_size", (672, 672))
+    if (h_px, w_px) not in LLAVA_NEXT_PINPOINTS:
+        raise ValueError("hf_visual_tokens supports images that exactly match a pinpoint")
+    gh, gw = h_px // g.vision.image_size, w_px // g.vision.image_size
+    return side * side + (gh * side) * (gw * side + 1)
+
+
+def hf_config(g: Geometry) -> Any:
+    """A full-size HF config (LlavaConfig / LlavaNextConfig / Qwen2VLConfig) for this geometry.
+
+    Meant for instantiation under ``FakeTensorMode``; SDPA attention is selected.
+    """
+    if g.family in ("llava", "llava_next"):
+        from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig
+
+        vc = CLIPVisionConfig(
+            hidden_size=g.vision.width,
+            intermediate_size=g.vision.mlp,
+            num_hidden_layers=g.vision.layers,
+            num_attention_heads=g.vision.heads,
+            image_size=g.vision.image_size,
+            patch_size=g.vision.patch,
+            projection_dim=768,
+        )
+        tc = LlamaConfig(
+            hidden_size=g.hidden,
+            intermediate_size=g.intermediate,
+            num_hidden_layers=g.layers,
+            num_attention_heads=g.heads,
+            num_key_value_heads=g.kv_heads,
+            head_dim=g.head_dim,
+            vocab_size=g.vocab,
+            max_position_embeddings=g.max_positions,
+            rope_theta=g.rope_theta,
+        )
+        common = dict(
+            vision_config=vc,
+            text_config=tc,
+            image_token_id=g.image_token_id,
+            vision_feature_layer=g.vision.select_layer,
+            vision_feature_select_strategy="default",
+            projector_hidden_act="gelu",
+        )
+        if g.family == "llava":
+            cfg = LlavaConfig(**common)
+        else:
+            cfg = LlavaNextConfig(**common, image_grid_pinpoints=[list(p) for p in LLAVA_NEXT_PINPOINTS])
+    elif g.family == "qwen2_vl":
+        from transformers import Qwen2VLConfig
+
+        cfg = Qwen2VLConfig(
+            text_config=dict(
+                hidden_size=g.hidden,
+                intermediate_size=g.intermediate,
+                num_hidden_layers=g.layers,
+                num_attention_heads=g.heads,
+                num_key_value_heads=g.kv_heads,
+                vocab_size=g.vocab,
+                max_position_embeddings=g.max_positions,
+                rope_theta=g.rope_theta,
+                rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+            ),
+            vision_config=dict(
+                depth=g.vision.layers,
+                embed_dim=g.vision.width,
+                hidden_size=g.hidden,
+                mlp_ratio=g.vision.mlp // g.vision.width,
+                num_heads=g.vision.heads,
+                in_chans=g.vision.channels,
+                patch_size=g.vision.patch,
+                spatial_merge_size=g.vision.merge,
+                temporal_patch_size=g.vision.temporal_patch,
+            ),
+            image_token_id=g.image_token_id,
+            video_token_id=g.extra["video_token_id"],
+            vision_start_token_id=g.extra["vision_start_token_id"],
+            vision_end_token_id=g.extra["vision_end_token_id"],
+        )
+    else:  # pragma: no cover - Family is closed
+        raise ValueError(g.family)
+    cfg._attn_implementation = "sdpa"
+    for sub in ("text_config", "vision_config"):
+        sub_cfg = getattr(cfg, sub, None)
+        if sub_cfg is not None:
+            sub_cfg._attn_implementation = "sdpa"
+    return cfg
