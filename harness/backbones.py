@@ -20,6 +20,16 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def open_backbone(model: str, dtype: str = "float32", device: str = "cpu") -> Backbone:
     """``random:FAMILY`` (random init of a small geometry), a local directory or a hub id."""
     try:
+        if model.startswith("synthetic:"):
+            from .latency import GEOMETRIES, synthetic_backbone
+
+            geometry = model.split(":", 1)[1]
+            if geometry not in GEOMETRIES:
+                raise BackboneError(
+                    f"unknown backbone '{model}': synthetic geometries are "
+                    + ", ".join(f"synthetic:{g}" for g in GEOMETRIES)
+                )
+            return synthetic_backbone(geometry)
         if model.startswith("random:"):
             family = model.split(":", 1)[1]
             if family not in RANDOM_FAMILIES:
@@ -42,7 +52,7 @@ def _cast(bb: Backbone, dtype: str) -> Backbone:
 def model_identity(model: str) -> dict[str, Any]:
     """What pins a checkpoint's content without loading it: config + per-file size and head/tail
     hashes of the weight files (fast even for 7B checkpoints)."""
-    if model.startswith("random:"):
+    if model.startswith(("random:", "synthetic:")):
         return {"model": model, "weights": "random-init", "seed": 0}
     path = Path(model)
     if not path.exists():

@@ -107,6 +107,186 @@ def _print_run(summary, out: Path) -> None:
     )
 
 
+# ------------------------------------------------------------------ flops
+def cmd_flops(args: argparse.Namespace) -> int:
+    if args.suite:
+        return _flops_paper(args)
+    from harness.baselines.registry import build_stack
+    from harness.models.method import MethodError
+
+    from .backbones import open_backbone
+    from .flops import flops_cell
+    from .scenarios import verify_inputs
+
+    if bool(args.model) == bool(args.random):
+        raise HarnessError("give --suite paper, a checkpoint directory, or --random FAMILY")
+    bb = open_backbone(args.model or f"random:{args.random}")
+    try:
+        plan = build_stack(args.method).plan(bb)
+    except MethodError as exc:
+        raise HarnessError(str(exc)) from None
+    cell = flops_cell(bb, verify_inputs(bb, 1, 0)[0], plan, args.mode)
+    data = {"backbone": bb.source, "method": args.method, "mode": args.mode, **cell.metrics(),
+            "fvcore_vs_analytic": cell.rel_diff(), "unsupported_ops": cell.counted.unsupported}  # fmt: skip
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        from tabulate import tabulate
+
+        a, c = cell.analytic, cell.counted
+        rows = [
+            [name, f"{2 * cv:.4g}", f"{av.flops:.4g}", f"{cell.rel_diff()[key]:.2%}"]
+            for name, key, cv, av in [
+                ("vision tower", "vision_tower", c.vision_tower, a.vision_tower),
+                ("projector", "projector", c.projector, a.projector),
+                ("decoder (+ score rows)", "decoder", c.decoder, a.decoder_total + a.overhead),
+                ("LM head", "lm_head", c.lm_head, a.lm_head),
+                ("total", "total", c.macs, a.total),
+            ]
+        ]
+        print(tabulate(rows, headers=["FLOPs (2 x MACs)", "fvcore (counted)", "analytic", "rel. diff"]))
+        print(f"unsupported ops: {c.unsupported or 'none'} (share {c.unsupported_share:.2%}); "
+              f"visual side: YOPO {a.decoder_visual_yopo.flops:.4g}, ViCA {a.decoder_visual_vica.flops:.4g}")  # fmt: skip
+    return 0 if cell.counted.ok and max(cell.rel_diff().values()) <= 0.01 else 1
+
+
+def _flops_paper(args: argparse.Namespace) -> int:
+    import time
+
+    from . import flops_analytic as fa
+
+    if args.suite != "paper":
+        raise HarnessError(
+            f"harness flops --suite takes 'paper' (the published geometries), got '{args.suite}'"
+        )
+    t0 = time.perf_counter()
+    rows = fa.paper_table()
+    checks = []
+    if not args.no_check:
+        from harness.models.geometry import PAPER_GEOMETRIES
+
+        for name in PAPER_GEOMETRIES:
+            res = fa.cross_check_dense(PAPER_GEOMETRIES[name])
+            checks.append({"backbone": name, **res})
+    elapsed = time.perf_counter() - t0
+    out = Path(args.out) if args.out else None
+    if out:
+        import pandas as pd
+
+        out.mkdir(parents=True, exist_ok=True)
+        df = pd.DataFrame(rows)
+        df.to_csv(out / "paper_flops.csv", index=False)
+        (out / "paper_flops.json").write_text(json.dumps(rows, indent=2, default=str))
+        (out / "paper_flops.md").write_text(df.to_markdown(index=False))
+        if checks:
+            (out / "paper_flops_crosscheck.json").write_text(json.dumps(checks, indent=2, default=str))
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    from tabulate import tabulate
+
+    cols = [
+        "backbone",
+        "method",
+        "setting",
+        "convention",
+        "tflops",
+        "tflops_visual",
+        "visual_convention",
+        "published",
+    ]
+    print(tabulate([[r.get(c) for c in cols] for r in rows], headers=cols, floatfmt=".3f"))
+    if checks:
+        print()
+        print("dense cross-check: analytic vs torch FlopCounterMode under FakeTensorMode")
+        table = [
+            [
+                c["backbone"],
+                part,
+                c["analytic"][part] / 1e12,
+                c["fake"][part] / 1e12,
+                f"{c['rel_diff'][part]:+.2e}",
+            ]
+            for c in checks
+            for part in ("decoder", "vision_tower", "projector", "lm_head")
+        ]
+        print(tabulate(table, headers=["backbone", "line", "analytic TFLOPs", "counted TFLOPs", "rel. diff"],
+                       floatfmt=".4f"))  # fmt: skip
+    print(f"{len(rows)} rows in {elapsed:.1f} s; FLOPs = 2 x MACs; conventions: fastv (F2, MACs), "
+          "swiglu (F3, GQA-aware, MACs), shortv (paper D/S formulas, t=64, FLOPs), exact (per class)")  # fmt: skip
+    return 0
+
+
+# ------------------------------------------------------------------ latency
+def cmd_latency(args: argparse.Namespace) -> int:
+    from harness.baselines.registry import build_stack
+    from harness.models.backbone import collate
+    from harness.models.method import MethodError
+
+    from . import environment
+    from .latency import GEOMETRIES, TimingConfig, measure, synthetic_backbone, synthetic_batch
+    from .scenarios import verify_inputs
+
+    chosen = [x for x in (args.geometry, args.model, args.random) if x]
+    if len(chosen) != 1:
+        raise HarnessError("give exactly one of --geometry NAME, a checkpoint directory, or --random FAMILY")
+    method = f"plan:{args.plan}" if args.plan else args.method
+    if args.geometry:
+        if args.geometry not in GEOMETRIES:
+            raise HarnessError(f"unknown geometry '{args.geometry}': use one of {', '.join(GEOMETRIES)}")
+        bb = synthetic_backbone(args.geometry, layers=args.layers, hidden=args.hidden, heads=args.heads)
+        batch = synthetic_batch(bb, args.geometry, args.batch, args.seed)
+    else:
+        from .backbones import open_backbone
+
+        bb = open_backbone(args.model or f"random:{args.random}")
+        samples = verify_inputs(bb, args.batch, args.seed)
+        batch = bb.encode(collate(bb, samples) if len(samples) > 1 else samples[0])
+    try:
+        plan = build_stack(method).plan(bb)
+        timing = TimingConfig(
+            args.warmup, args.min_repeats, args.min_time, max(args.min_repeats, args.max_repeats)
+        )
+    except (MethodError, ValueError) as exc:
+        raise HarnessError(str(exc)) from None
+    res = measure(bb, batch, plan, mode=args.mode, timing=timing, decode_tokens=args.decode_tokens,
+                  include_dense=not args.no_dense)  # fmt: skip
+    env = environment.capture()
+    data = {
+        "backbone": bb.source, "weights": bb.weights, "method": method, "mode": args.mode,
+        "geometry": args.geometry, "layers": bb.num_layers, "hidden": bb.hidden_size, **res.metrics,
+        "machine": env["machine"], "cpu": env["cpu"], "gpu": env["gpu"], "visual_counts": res.details["visual_counts"],
+        "prompt_lengths": res.details["prompt_lengths"],
+    }  # fmt: skip
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    from tabulate import tabulate
+
+    m = res.metrics
+    rows = [
+        [
+            "prefill p50 / p90 / p99 (s)",
+            f"{m['prefill_p50_s']:.4f} / {m['prefill_p90_s']:.4f} / {m['prefill_p99_s']:.4f}",
+        ]
+    ]
+    if "dense_prefill_p50_s" in m:
+        rows += [
+            ["dense prefill p50 (s)", f"{m['dense_prefill_p50_s']:.4f}"],
+            ["speed-up (dense / method)", f"{m['speedup']:.2f}x"],
+            ["FLOPs bound (dense / method)", f"{m['flops_bound']:.2f}x"],
+            ["conversion (speed-up / FLOPs bound)", f"{m['conversion']:.3f}"],
+        ]
+    if "decode_p50_s" in m:
+        rows += [["decode p50 per token (s)", f"{m['decode_p50_s']:.5f}"],
+                 ["KV bytes per sample", f"{m['kv_bytes_per_sample']:.0f}" + (f" ({m['kv_ratio']:.1%} of dense)" if "kv_ratio" in m else "")]]  # fmt: skip
+    rows += [["batch / threads / repeats", f"{args.batch} / {int(m['threads'])} / {int(m['prefill_repeats'])}"],
+             ["peak memory (MiB)", f"{m['peak_memory_mib']:.0f}"]]  # fmt: skip
+    print(f"{bb.source} ({bb.weights}), method {method}, mode {args.mode}")
+    print(tabulate(rows, tablefmt="simple"))
+    return 0
+
+
 # ------------------------------------------------------------------ methods
 def cmd_methods(args: argparse.Namespace) -> int:
     from harness.baselines import registry
@@ -169,6 +349,52 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--shard", help="i/N: run only every N-th cell starting at i (1-based)")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=cmd_run)
+
+    f = sub.add_parser("flops", help="FLOPs: counted (fvcore) vs analytic, or the paper geometries table")
+    f.add_argument("model", nargs="?", help="local checkpoint directory")
+    f.add_argument("--suite", help="'paper': published backbones x methods, analytically (no weights)")
+    f.add_argument(
+        "--random", choices=["llava-1.5", "llava-next", "qwen2-vl"], help="random-init small geometry"
+    )
+    f.add_argument("--method", default="dense", help="method stack or plan:SPEC (default dense)")
+    f.add_argument("--mode", choices=["drop", "mask"], default="drop")
+    f.add_argument("--out", help="with --suite: folder for CSV / JSON / Markdown tables")
+    f.add_argument("--no-check", action="store_true", help="with --suite: skip the FakeTensor cross-check")
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(func=cmd_flops)
+
+    lt = sub.add_parser("latency", help="prefill/decode latency of a method vs dense in the same run")
+    lt.add_argument("model", nargs="?", help="local checkpoint directory (real suite samples)")
+    lt.add_argument(
+        "--geometry", help="synthetic token geometry with random weights: llava-1.5, llava-next, qwen2-vl"
+    )
+    lt.add_argument(
+        "--random", choices=["llava-1.5", "llava-next", "qwen2-vl"], help="small random-init model"
+    )
+    lt.add_argument("--method", default="dense", help="method stack (default dense)")
+    lt.add_argument(
+        "--plan", help="hand-written plan spec instead of a method, e.g. 'kv_only=60%%' (see README)"
+    )
+    lt.add_argument("--mode", choices=["drop", "mask"], default="drop")
+    lt.add_argument("--batch", type=_positive("batch size"), default=1)
+    lt.add_argument(
+        "--layers", type=_positive("--layers"), default=8, help="synthetic decoder depth (default 8)"
+    )
+    lt.add_argument(
+        "--hidden", type=_positive("--hidden"), default=1024, help="synthetic decoder width (default 1024)"
+    )
+    lt.add_argument("--heads", type=_positive("--heads"), default=8)
+    lt.add_argument(
+        "--decode-tokens", type=int, default=16, help="forced decode length for TPOT (0: prefill only)"
+    )
+    lt.add_argument("--warmup", type=int, default=2)
+    lt.add_argument("--min-repeats", type=_positive("--min-repeats"), default=5)
+    lt.add_argument("--max-repeats", type=_positive("--max-repeats"), default=200)
+    lt.add_argument("--min-time", type=float, default=2.0, help="minimum timed seconds per measurement")
+    lt.add_argument("--no-dense", action="store_true", help="skip the dense baseline (no ratios)")
+    lt.add_argument("--seed", type=int, default=0)
+    lt.add_argument("--json", action="store_true")
+    lt.set_defaults(func=cmd_latency)
 
     m = sub.add_parser("methods", help="list registered methods")
     m.add_argument("--json", action="store_true", help="print a JSON list of objects")

@@ -65,6 +65,62 @@ def run_verify(ctx: CellContext) -> tuple[dict[str, float], dict[str, Any]]:
     }
 
 
+def run_flops(ctx: CellContext) -> tuple[dict[str, float], dict[str, Any]]:
+    """fvcore count of the cell's prefill (drop mode: what really ran) against the analytic model."""
+    from .flops import UNSUPPORTED_LIMIT, flops_cell
+
+    sc = ctx.cell.scenario
+    inputs = verify_inputs(ctx.backbone, 1, sc.seed)[0]
+    plan = ctx.stack.plan(ctx.backbone)
+    cell = flops_cell(ctx.backbone, inputs, plan, ctx.cell.mode)
+    metrics = cell.metrics()
+    rel = cell.rel_diff()
+    details = {
+        "unit": "FLOPs = 2 x MACs; fvcore_macs in MACs",
+        "fvcore_vs_analytic": rel,
+        "fvcore_unsupported_ops": cell.counted.unsupported,
+        "fvcore_by_operator_macs": cell.counted.by_operator,
+        "budget": cell.analytic.as_dict().get("budget"),
+        "plan": plan.describe(),
+    }
+    if not cell.counted.ok:
+        raise ValueError(
+            f"unsupported ops {sorted(cell.counted.unsupported)} could carry "
+            f"{cell.counted.unsupported_share:.1%} of the counted FLOPs (limit {UNSUPPORTED_LIMIT:.0%}); "
+            "add an fvcore handle for them"
+        )
+    return metrics, details
+
+
+def cell_batch(bb: Backbone, n: int, seed: int):
+    """The inputs a timing cell runs: synthetic token geometry, or real (ragged) samples."""
+    geometry = getattr(bb, "synthetic_geometry", None)
+    if geometry is not None:
+        from .latency import synthetic_batch
+
+        return synthetic_batch(bb, geometry, n, seed)
+    samples = verify_inputs(bb, n, seed)
+    return bb.encode(collate(bb, samples) if len(samples) > 1 else samples[0])
+
+
+def run_latency(ctx: CellContext) -> tuple[dict[str, float], dict[str, Any]]:
+    """Prefill and decode timing of the method vs dense, same run (a separate pass from accuracy)."""
+    from .latency import TimingConfig, measure
+
+    sc = ctx.cell.scenario
+    batch = cell_batch(ctx.backbone, sc.batch_size, sc.seed)
+    plan = ctx.stack.plan(ctx.backbone)
+    timing = TimingConfig(sc.warmup, sc.min_repeats, sc.min_time_s, max(sc.min_repeats, 200))
+    res = measure(
+        ctx.backbone, batch, plan, mode=ctx.cell.mode, timing=timing, decode_tokens=sc.max_new_tokens
+    )
+    return res.metrics, res.details
+
+
 SCENARIOS: dict[str, ScenarioKind] = {
     "verify": ScenarioKind("verify", False, run_verify, "executor vs HF forward; drop vs mask"),
+    "flops": ScenarioKind("flops", False, run_flops, "fvcore count of the prefill vs the analytic model"),
+    "latency": ScenarioKind(
+        "latency", False, run_latency, "prefill/decode percentiles, speed-up, conversion"
+    ),
 }

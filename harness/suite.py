@@ -31,7 +31,9 @@ class _Strict(BaseModel):
 
 class BackboneSpec(_Strict):
     name: str = Field(description="label used in records and tables")
-    model: str = Field(description="'random:FAMILY', a local checkpoint directory, or a hub id")
+    model: str = Field(
+        description="'random:FAMILY', 'synthetic:GEOMETRY', a local checkpoint directory, or a hub id"
+    )
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "cpu"
 
@@ -52,6 +54,9 @@ class ScenarioSpec(_Strict):
     max_new_tokens: int = Field(default=16, ge=1)
     limit: int | None = Field(default=None, ge=1)
     seed: int = 0
+    warmup: int = Field(default=2, ge=0, description="latency: warm-up calls")
+    min_repeats: int = Field(default=5, ge=1, description="latency: minimum timed calls")
+    min_time_s: float = Field(default=2.0, ge=0, description="latency: minimum timed seconds")
 
 
 class Suite(_Strict):

@@ -1,0 +1,259 @@
+"""Latency and memory: prefill (TTFT) and decode (TPOT) timed like a benchmark, not a stopwatch.
+
+Timers: on GPU, CUDA events around the call and ``torch.cuda.synchronize()`` (the code path exists
+and is guarded; this machine has no GPU); on CPU, ``time.perf_counter`` with a fixed, recorded torch
+thread count.  Every measurement runs warm-up calls first, then repeats until both a minimum count
+and a minimum duration are reached (capped by a maximum count), and reports p50 / p90 / p99, mean
+and standard deviation of the samples.
+
+Scenarios: single-stream (batch 1: TTFT = prefill latency, TPOT = per-token decode latency over a
+fixed forced decode length) and batch (prefill samples/s, decode tokens/s) at any batch size, on
+real suite samples (ragged) or on a synthetic token geometry with random weights (recorded as such).
+The dense baseline is measured in the same run, so speed-up, FLOPs bound and conversion efficiency
+(speed-up / FLOPs bound) are ratios of one run with one thread setting.  Accuracy and timing are
+separate passes; nothing is cached inside a timed pass (each call re-runs the vision tower when the
+inputs carry images, and every layer).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from harness.models.backbone import Backbone, wrap
+from harness.models.batch import Batch, TokenType
+from harness.models.executor import Executor
+from harness.models.plan import VisualPlan
+
+from . import flops_analytic as fa
+from .flops import geometry_of, schedule_from_plan, selector_overhead
+
+#: token geometries of the published backbones (system prefix, visual, text after the image)
+GEOMETRIES: dict[str, dict[str, int]] = {
+    "llava-1.5": {"s": 35, "v": 576, "t": 29, "grid": 24},
+    "llava-next": {"s": 35, "v": 2880, "t": 29, "grid": 24},
+    "qwen2-vl": {"s": 15, "v": 256, "t": 49, "grid": 16},
+}
+
+
+@dataclass
+class TimingConfig:
+    warmup: int = 2
+    min_repeats: int = 5
+    min_time_s: float = 2.0
+    max_repeats: int = 200
+
+    def __post_init__(self) -> None:
+        if (
+            self.warmup < 0
+            or self.min_repeats < 1
+            or self.max_repeats < self.min_repeats
+            or self.min_time_s < 0
+        ):
+            raise ValueError("timing needs warmup >= 0, 1 <= min_repeats <= max_repeats, min_time_s >= 0")
+
+
+@dataclass
+class Timing:
+    samples_s: list[float]
+    warmup: int
+    device: str
+
+    def q(self, p: float) -> float:
+        """Percentile with linear interpolation between order statistics."""
+        xs = sorted(self.samples_s)
+        if len(xs) == 1:
+            return xs[0]
+        pos = p / 100 * (len(xs) - 1)
+        lo, hi = math.floor(pos), math.ceil(pos)
+        return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+    def summary(self, prefix: str) -> dict[str, float]:
+        xs = self.samples_s
+        return {
+            f"{prefix}_p50_s": self.q(50),
+            f"{prefix}_p90_s": self.q(90),
+            f"{prefix}_p99_s": self.q(99),
+            f"{prefix}_mean_s": statistics.fmean(xs),
+            f"{prefix}_stdev_s": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+            f"{prefix}_repeats": float(len(xs)),
+        }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], Any], cfg: TimingConfig, device: torch.device) -> Timing:
+    """Warm up, then repeat until min_repeats and min_time_s are both reached (<= max_repeats)."""
+    for _ in range(cfg.warmup):
+        fn()
+    _sync(device)
+    samples: list[float] = []
+    spent = 0.0
+    while len(samples) < cfg.max_repeats and (len(samples) < cfg.min_repeats or spent < cfg.min_time_s):
+        if device.type == "cuda":  # pragma: no cover - needs a GPU
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            dt = start.elapsed_time(end) / 1000.0
+        else:
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+        samples.append(dt)
+        spent += dt
+    return Timing(samples, cfg.warmup, device.type)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":  # pragma: no cover - needs a GPU
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# ------------------------------------------------------------------ synthetic geometry
+def synthetic_backbone(
+    geometry: str, layers: int = 8, hidden: int = 1024, heads: int = 8, kv_heads: int | None = None,
+    ffn: int | None = None, vocab: int = 32064, seed: int = 0,
+) -> Backbone:  # fmt: skip
+    """A random-init Llama decoder (LLaVA wrapper) at reduced width and depth for timing."""
+    import transformers
+
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"unknown geometry '{geometry}': use one of {', '.join(GEOMETRIES)}")
+    torch.manual_seed(seed)
+    ffn = ffn or int(round(hidden * 11008 / 4096 / 64)) * 64
+    kv_heads = kv_heads or (heads if geometry != "qwen2-vl" else max(1, heads // 4))  # Qwen2-VL is GQA
+    cfg = transformers.LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=28, patch_size=14),
+        text_config=dict(model_type="llama", hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
+                         max_position_embeddings=8192),
+        image_token_index=vocab - 1,
+    )  # fmt: skip
+    model = transformers.LlavaForConditionalGeneration(cfg).float().eval()
+    model.config._attn_implementation = "sdpa"
+    bb = wrap(model, source=f"synthetic:{geometry}:L{layers}h{hidden}", weights="random-init")
+    bb.synthetic_geometry = geometry  # type: ignore[attr-defined]
+    return bb
+
+
+def synthetic_batch(bb: Backbone, geometry: str, batch_size: int, seed: int = 0) -> Batch:
+    """[system][visual][text] with random embeddings at the geometry's token counts."""
+    g = GEOMETRIES[geometry]
+    s, v, t, grid = g["s"], g["v"], g["t"], g["grid"]
+    n = s + v + t
+    gen = torch.Generator().manual_seed(seed)
+    embeds = torch.randn(batch_size, n, bb.hidden_size, generator=gen) * 0.5
+    tt = torch.full((batch_size, n), int(TokenType.TEXT))
+    tt[:, :s] = int(TokenType.SYSTEM)
+    tt[:, s : s + v] = int(TokenType.VISUAL)
+    vidx = torch.full((batch_size, n), -1)
+    vidx[:, s : s + v] = torch.arange(v)
+    coords = torch.full((batch_size, n, 3), -1)
+    j = torch.arange(v)
+    coords[:, s : s + v] = torch.stack([j // (grid * grid), (j // grid) % grid, j % grid], 1)
+    return Batch(
+        embeds=embeds, token_type=tt, positions=torch.arange(n).expand(1, batch_size, n).clone(),
+        next_position=torch.full((batch_size,), n), visual_index=vidx, visual_coords=coords,
+        sample_ids=[f"synthetic-{i}" for i in range(batch_size)],
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------ one method vs dense
+@dataclass
+class LatencyResult:
+    metrics: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def decoder_flops(bb: Backbone, batch: Batch, plan: VisualPlan, mode: str) -> float:
+    """Analytic decoder prefill FLOPs (exact convention, incl. score rows) summed over the batch."""
+    total = 0.0
+    for i in range(batch.batch_size):
+        one = batch.select([i])
+        stats = Executor(bb, mode).prefill(one, plan, cache_extra=None).stats
+        g = geometry_of(bb, one)
+        work, _ = schedule_from_plan(plan, stats, one, mode)
+        rep = fa.analyze(g, work, "exact", lm_head="last")
+        total += rep.decoder_total.flops + rep.lm_head.flops + 2 * selector_overhead(plan, stats, one, g)
+    return total
+
+
+def measure(
+    bb: Backbone,
+    make_batch: Callable[[], Batch] | Batch,
+    plan: VisualPlan,
+    *,
+    mode: str = "drop",
+    timing: TimingConfig | None = None,
+    decode_tokens: int = 16,
+    include_dense: bool = True,
+) -> LatencyResult:
+    """Time prefill and decode of ``plan`` and of the dense plan in the same run."""
+    timing = timing or TimingConfig()
+    batch = make_batch if isinstance(make_batch, Batch) else make_batch()
+    device = batch.embeds.device
+    dense = VisualPlan.dense(bb.num_layers)
+    plans = {"method": plan} | ({"dense": dense} if include_dense else {})
+    metrics: dict[str, float] = {}
+    details: dict[str, Any] = {
+        "timing": asdict(timing),
+        "threads": torch.get_num_threads(),
+        "device": device.type,
+    }
+    flops: dict[str, float] = {}
+    for key, p in plans.items():
+        ex = Executor(bb, mode if key == "method" else "drop")
+        pre = time_call(lambda ex=ex, p=p: ex.prefill(batch, p, cache_extra=None), timing, device)
+        prefix = "prefill" if key == "method" else "dense_prefill"
+        metrics.update(pre.summary(prefix))
+        metrics[f"{prefix}_samples_per_s"] = batch.batch_size / pre.q(50)
+        if decode_tokens > 0:
+            n_steps = max(decode_tokens, timing.min_repeats)
+            out = ex.prefill(batch, p, cache_extra=timing.warmup + n_steps)
+            kv = "kv" if key == "method" else "dense_kv"
+            metrics[f"{kv}_bytes_per_sample"] = statistics.fmean(out.cache.bytes_per_sample())
+            metrics[f"{kv}_visual_bytes_per_sample"] = statistics.fmean(out.cache.visual_bytes_per_sample())
+            tok = out.logits.argmax(-1)  # forced: the same token every step, a fixed decode length
+
+            def step(ex=ex, p=p, cache=out.cache, tok=tok):
+                return ex.decode_step(tok, cache, p)
+
+            dec = time_call(step, TimingConfig(timing.warmup, n_steps, 0.0, n_steps), device)
+            dprefix = "decode" if key == "method" else "dense_decode"
+            metrics.update(dec.summary(dprefix))
+            metrics[f"{dprefix}_tokens_per_s"] = batch.batch_size / dec.q(50)
+        flops[key] = decoder_flops(bb, batch, p, mode if key == "method" else "drop")
+    metrics["flops_prefill"] = flops["method"]
+    metrics["batch_size"] = float(batch.batch_size)
+    metrics["threads"] = float(torch.get_num_threads())
+    metrics["warmup"] = float(timing.warmup)
+    metrics["peak_memory_mib"] = peak_memory_mib(device)
+    if include_dense:
+        metrics["dense_flops_prefill"] = flops["dense"]
+        metrics["speedup"] = metrics["dense_prefill_p50_s"] / metrics["prefill_p50_s"]
+        metrics["flops_bound"] = flops["dense"] / flops["method"]
+        metrics["conversion"] = metrics["speedup"] / metrics["flops_bound"]
+        if decode_tokens > 0:
+            metrics["decode_speedup"] = metrics["dense_decode_p50_s"] / metrics["decode_p50_s"]
+            metrics["kv_ratio"] = metrics["kv_bytes_per_sample"] / metrics["dense_kv_bytes_per_sample"]
+            metrics["kv_visual_ratio"] = metrics["kv_visual_bytes_per_sample"] / max(
+                metrics["dense_kv_visual_bytes_per_sample"], 1.0
+            )
+    details["plan"] = plan.describe()
+    details["visual_counts"] = batch.visual_counts()
+    details["prompt_lengths"] = batch.lengths()
+    return LatencyResult(metrics, details)

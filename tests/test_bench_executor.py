@@ -1,0 +1,43 @@
+"""pytest-benchmark benchmarks of the executor's hot paths.
+
+CI runs them once as tests (``--benchmark-disable`` in pytest's addopts).  To measure and compare:
+``pytest tests/test_bench_executor.py --benchmark-enable --benchmark-autosave`` then
+``pytest tests/test_bench_executor.py --benchmark-enable --benchmark-compare``.
+"""
+
+import pytest
+import torch
+
+from harness.latency import synthetic_backbone, synthetic_batch
+from harness.models.executor import Executor, _select_index
+from harness.models.plan import VisualPlan
+from harness.models.plan_spec import parse_plan
+
+
+@pytest.fixture(scope="module")
+def setup():
+    bb = synthetic_backbone("llava-1.5", layers=2, hidden=128, heads=4)
+    return bb, synthetic_batch(bb, "llava-1.5", 2)
+
+
+@pytest.mark.parametrize("spec", ["", "kv_only=0-1", "keep=64@0:renumber", "t2v=0"])
+def test_bench_prefill(benchmark, setup, spec):
+    bb, batch = setup
+    plan = parse_plan(spec, bb.num_layers) if spec else VisualPlan.dense(bb.num_layers)
+    out = benchmark(lambda: Executor(bb).prefill(batch, plan, cache_extra=None))
+    assert out.logits.shape == (2, bb.text_config.vocab_size)
+
+
+def test_bench_decode_step(benchmark, setup):
+    bb, batch = setup
+    ex = Executor(bb)
+    out = ex.prefill(batch, cache_extra=10_000)
+    tok = out.logits.argmax(-1)
+    logits = benchmark(lambda: ex.decode_step(tok, out.cache))
+    assert logits.shape == (2, bb.text_config.vocab_size)
+
+
+def test_bench_select_index(benchmark):
+    sel = torch.rand(8, 700) > 0.5
+    idx, real = benchmark(lambda: _select_index(sel, 700))
+    assert torch.equal(real.sum(1), sel.sum(1))

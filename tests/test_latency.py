@@ -1,0 +1,82 @@
+"""Latency machinery: timer rules, percentiles, result keys, KV accounting (no timed assertions)."""
+
+import json
+
+import pytest
+
+from harness.cli import main
+from harness.latency import Timing, TimingConfig, measure, synthetic_backbone, synthetic_batch, time_call
+from harness.models.plan_spec import parse_plan
+
+
+def test_timer_respects_warmup_min_repeats_and_cap():
+    calls = []
+    t = time_call(lambda: calls.append(1), TimingConfig(warmup=3, min_repeats=7, min_time_s=0.0, max_repeats=50),
+                  __import__("torch").device("cpu"))  # fmt: skip
+    assert len(calls) == 3 + 7 and len(t.samples_s) == 7 and t.warmup == 3
+    calls.clear()
+    t = time_call(lambda: calls.append(1), TimingConfig(warmup=0, min_repeats=1, min_time_s=60.0, max_repeats=25),
+                  __import__("torch").device("cpu"))  # fmt: skip
+    assert len(calls) == 25, "max_repeats caps a minimum duration that is never reached"
+
+
+def test_percentiles():
+    t = Timing([5.0, 1.0, 3.0, 2.0, 4.0], warmup=0, device="cpu")
+    assert t.q(50) == 3.0 and t.q(0) == 1.0 and t.q(100) == 5.0
+    assert t.q(90) == pytest.approx(4.6)
+    s = t.summary("x")
+    assert s["x_p50_s"] == 3.0 and s["x_repeats"] == 5 and s["x_stdev_s"] == pytest.approx(1.5811, abs=1e-4)
+
+
+def test_bad_timing_config_is_rejected():
+    with pytest.raises(ValueError, match="min_repeats"):
+        TimingConfig(min_repeats=0)
+
+
+@pytest.fixture(scope="module")
+def small():
+    bb = synthetic_backbone("llava-1.5", layers=4, hidden=128, heads=4)
+    return bb, synthetic_batch(bb, "llava-1.5", 2)
+
+
+def test_measure_reports_ratios_and_kv(small):
+    bb, batch = small
+    quick = TimingConfig(warmup=0, min_repeats=1, min_time_s=0.0, max_repeats=1)
+    # plan (d): visual K/V only in 1 of 4 layers (8 of 32), invisible elsewhere
+    res = measure(bb, batch, parse_plan("t2v=0", 4), timing=quick, decode_tokens=2).metrics
+    for key in (
+        "prefill_p50_s",
+        "dense_prefill_p50_s",
+        "speedup",
+        "flops_bound",
+        "conversion",
+        "decode_p50_s",
+        "kv_bytes_per_sample",
+        "dense_kv_bytes_per_sample",
+        "threads",
+        "warmup",
+        "peak_memory_mib",
+    ):
+        assert key in res, key
+    assert res["conversion"] == pytest.approx(res["speedup"] / res["flops_bound"])
+    # KV: 64 non-visual entries in 4 layers + 576 visual in 1 layer, vs 640 in 4 layers
+    assert res["kv_ratio"] == pytest.approx((4 * 64 + 576) / (4 * 640))
+    assert res["kv_visual_ratio"] == pytest.approx(1 / 4)
+    assert res["flops_bound"] > 3
+
+
+def test_latency_cli_json_keys(capsys):
+    assert main(["latency", "--geometry", "llava-1.5", "--plan", "keep=64@2", "--batch", "1", "--layers", "4",
+                 "--hidden", "128", "--heads", "4", "--warmup", "0", "--min-repeats", "1", "--min-time", "0",
+                 "--decode-tokens", "2", "--json"]) == 0  # fmt: skip
+    data = json.loads(capsys.readouterr().out)
+    for key in ("prefill_p50_s", "dense_prefill_p50_s", "speedup", "flops_bound", "conversion", "machine"):
+        assert key in data
+    assert data["weights"] == "random-init" and data["method"] == "plan:keep=64@2"
+
+
+def test_latency_cli_rejects_bad_input(capsys):
+    assert main(["latency", "--geometry", "llava-9"]) == 2
+    assert "unknown geometry 'llava-9'" in capsys.readouterr().err
+    assert main(["latency", "--geometry", "llava-1.5", "--plan", "kv_only=0-99", "--layers", "4"]) == 2
+    assert "out of range" in capsys.readouterr().err
