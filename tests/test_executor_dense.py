@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from harness.models.backbone import collate
 from harness.models.executor import Executor
 from harness.models.random_models import RANDOM_FAMILIES, ragged_samples

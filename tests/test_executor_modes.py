@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+
 from harness.models.backbone import collate
 from harness.models.executor import Executor
 from harness.models.plan import (

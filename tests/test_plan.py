@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+
 from harness.models.plan import (
     DENSE_LAYER,
     KV_ONLY,
