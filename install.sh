@@ -3,6 +3,9 @@
 #   ./install.sh         runtime (creates .venv, or uses $VENV)
 #   ./install.sh test    runtime + test tools (pytest, pytest-benchmark, ruff)
 # torch is pinned by constraints.txt so that no resolver pulls a newer (multi-GB CUDA) build.
+# lmms-eval is installed with --no-deps plus the dependencies it really uses
+# (requirements-lmms.txt): its metadata hard-requires torchvision, and PyPI's torchvision beside
+# the CPU torch fails to import and then breaks transformers' LLaVA import.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${VENV:-.venv}"
@@ -12,4 +15,13 @@ PY="$VENV/bin/python"
 extras=""
 [ "${1:-}" = "test" ] && extras="[test]"
 "$PY" -m pip install -q -c constraints.txt -e ".${extras}"
-"$PY" -c "import torch, transformers; from transformers import LlavaForConditionalGeneration; print('seebench installed: torch', torch.__version__, 'transformers', transformers.__version__)"
+"$PY" -m pip install -q -c constraints.txt -r requirements-lmms.txt
+"$PY" -m pip install -q -c constraints.txt --no-deps "lmms-eval==0.7.3"
+# no broken torchvision may stay behind (a GPU user's matching CUDA torchvision is left alone)
+if "$PY" -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('torchvision') else 1)"; then
+  if ! "$PY" -c "import torchvision" >/dev/null 2>&1; then
+    echo "install.sh: removing a torchvision that cannot import beside this torch"
+    "$PY" -m pip uninstall -q -y torchvision
+  fi
+fi
+"$PY" -c "import torch, transformers, lmms_eval; from transformers import LlavaForConditionalGeneration; print('seebench installed: torch', torch.__version__, 'transformers', transformers.__version__)"

@@ -20,6 +20,14 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def open_backbone(model: str, dtype: str = "float32", device: str = "cpu") -> Backbone:
     """``random:FAMILY`` (random init of a small geometry), a local directory or a hub id."""
     try:
+        if model == "embedded" or model.startswith("embedded:"):
+            from harness.models.tiny.model import CheckpointError, default_checkpoint
+
+            try:
+                path = default_checkpoint(model.split(":", 1)[1] if ":" in model else "dense")
+            except CheckpointError as exc:
+                raise BackboneError(str(exc)) from None
+            return load_backbone(str(path), dtype=DTYPES[dtype], device=device)
         if model.startswith("synthetic:"):
             from .latency import GEOMETRIES, synthetic_backbone
 
@@ -54,6 +62,11 @@ def model_identity(model: str) -> dict[str, Any]:
     hashes of the weight files (fast even for 7B checkpoints)."""
     if model.startswith(("random:", "synthetic:")):
         return {"model": model, "weights": "random-init", "seed": 0}
+    if model == "embedded" or model.startswith("embedded:"):
+        from harness.models.tiny.model import CHECKPOINT_DIR
+
+        arch = model.split(":", 1)[1] if ":" in model else "dense"
+        model = str(CHECKPOINT_DIR / ("tiny-llava" if arch == "dense" else f"tiny-llava-{arch}"))
     path = Path(model)
     if not path.exists():
         return {"model": model}

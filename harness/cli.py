@@ -93,18 +93,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_run(summary, out: Path) -> None:
-    from tabulate import tabulate
+    from .tables import run_summary
 
-    rows = []
-    for r in summary.records:
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in list(r.metrics.items())[:6])
-        rows.append([r.backbone, r.method, r.task, r.scenario, r.status, shown or (r.error or "")])
-    if rows:
-        print(tabulate(rows, headers=["backbone", "method", "task", "scenario", "status", "metrics"]))
+    print(run_summary(summary.all_records))
     print(
         f"{summary.cells} cells: {summary.ran} ran, {summary.skipped} already done (resumed), "
         f"{summary.failed} failed; records in {out}"
     )
+    for r in summary.records:
+        if r.status == "failed":
+            print(f"failed: {r.backbone} | {r.method} | {r.task} | {r.scenario}: {r.error}")
 
 
 # ------------------------------------------------------------------ flops
@@ -287,6 +285,34 @@ def cmd_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ train / tasks-path
+def cmd_train(args: argparse.Namespace) -> int:
+    from harness.models.tiny.model import CHECKPOINT_DIR
+    from harness.models.tiny.train import Recipe, train_tiny
+
+    if args.what != "tiny-llava":
+        raise HarnessError(f"harness train knows 'tiny-llava', got '{args.what}'")
+    if args.arch != "dense":
+        raise HarnessError(f"--arch {args.arch}: only 'dense' is trainable in this version")
+    if args.scale <= 0:
+        raise HarnessError(f"--scale must be > 0, got {args.scale}")
+    out = Path(args.out) if args.out else CHECKPOINT_DIR / "tiny-llava"
+    summary = train_tiny(out, Recipe.default(seed=args.seed, scale=args.scale), progress=not args.no_progress)
+    print(
+        json.dumps(
+            {"out": str(out), "wall_time_s": summary["wall_time_s"], "eval_ci": summary["eval_ci"]}, indent=2
+        )
+    )
+    return 0
+
+
+def cmd_tasks_path(args: argparse.Namespace) -> int:
+    from .lmms_entry import TASKS_DIR
+
+    print(TASKS_DIR)
+    return 0
+
+
 # ------------------------------------------------------------------ methods
 def cmd_methods(args: argparse.Namespace) -> int:
     from harness.baselines import registry
@@ -395,6 +421,24 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--seed", type=int, default=0)
     lt.add_argument("--json", action="store_true")
     lt.set_defaults(func=cmd_latency)
+
+    tr = sub.add_parser("train", help="train the embedded tiny model: harness train tiny-llava")
+    tr.add_argument("what", help="tiny-llava")
+    tr.add_argument(
+        "--out", help="checkpoint folder (default: the committed models/tiny/checkpoints/tiny-llava)"
+    )
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument(
+        "--scale", type=float, default=1.0, help="fraction of the recipe's steps (CI smoke: 0.01)"
+    )
+    tr.add_argument("--arch", default="dense", help="dense (ViCA / SAISA variants come with their methods)")
+    tr.add_argument("--no-progress", action="store_true")
+    tr.set_defaults(func=cmd_train)
+
+    tp = sub.add_parser(
+        "tasks-path", help="print the folder of seebench's lmms-eval tasks (for --include_path)"
+    )
+    tp.set_defaults(func=cmd_tasks_path)
 
     m = sub.add_parser("methods", help="list registered methods")
     m.add_argument("--json", action="store_true", help="print a JSON list of objects")

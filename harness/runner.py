@@ -73,7 +73,8 @@ class RunSummary:
     ran: int = 0
     skipped: int = 0
     failed: int = 0
-    records: list[records.Record] = field(default_factory=list)
+    records: list[records.Record] = field(default_factory=list)  # written by this run
+    all_records: list[records.Record] = field(default_factory=list)  # every cell of the suite (incl. resumed)
 
 
 class _Backbones:
@@ -153,4 +154,7 @@ def run_suite(
             summary.ran += 1
             summary.failed += rec.status == "failed"
             bar.advance(job)
+    wanted = {fp for _, fp in todo}
+    by_fp = {r.fingerprint: r for r in records.load_dir(out_dir) if r.fingerprint in wanted}
+    summary.all_records = [by_fp[fp] for _, fp in todo if fp in by_fp]
     return summary

@@ -31,9 +31,27 @@ class ScenarioKind:
 
 
 def verify_inputs(bb: Backbone, n: int, seed: int) -> list[dict[str, Any]]:
+    """Single-sample inputs: ragged random ones for random backbones, shapes questions for a
+    checkpoint built on the shapes tokenizer, noise images + chat prompts for other checkpoints."""
     if bb.weights == "random-init" and bb.source.startswith("random:"):
         return ragged_samples(bb, n, seed)
+    if _is_shapes_checkpoint(bb):
+        from harness.models.tiny import shapes
+        from harness.models.tiny.tokenizer import build_prompt
+
+        out = []
+        for i in range(n):
+            s = shapes.make_sample(shapes.TASKS[(seed + i) % len(shapes.TASKS)], "ci", seed + i)
+            out.append(bb.build_inputs([build_prompt(s.question)], [s.pil()]))
+        return out
     return checkpoint_samples(bb, n, seed)
+
+
+def _is_shapes_checkpoint(bb: Backbone) -> bool:
+    tok = getattr(bb.processor, "tokenizer", None)
+    return tok is not None and tok.convert_tokens_to_ids("triangle") not in (
+        None, tok.unk_token_id,
+    )  # fmt: skip
 
 
 def run_verify(ctx: CellContext) -> tuple[dict[str, float], dict[str, Any]]:
@@ -117,7 +135,20 @@ def run_latency(ctx: CellContext) -> tuple[dict[str, float], dict[str, Any]]:
     return res.metrics, res.details
 
 
+def run_accuracy(ctx: CellContext) -> tuple[dict[str, float], dict[str, Any]]:
+    """Greedy answers on one task through lmms-eval (exact match), per-sample correctness kept."""
+    from .accuracy import evaluate_task
+
+    sc = ctx.cell.scenario
+    plan = ctx.stack.plan(ctx.backbone)
+    res = evaluate_task(ctx.backbone, ctx.stack, plan, ctx.cell.task, mode=ctx.cell.mode,
+                        batch_size=sc.batch_size, limit=sc.limit)  # fmt: skip
+    res["details"]["plan"] = plan.describe()
+    return res["metrics"], res["details"]
+
+
 SCENARIOS: dict[str, ScenarioKind] = {
+    "accuracy": ScenarioKind("accuracy", True, run_accuracy, "greedy accuracy through lmms-eval"),
     "verify": ScenarioKind("verify", False, run_verify, "executor vs HF forward; drop vs mask"),
     "flops": ScenarioKind("flops", False, run_flops, "fvcore count of the prefill vs the analytic model"),
     "latency": ScenarioKind(

@@ -70,6 +70,18 @@ def vocabulary() -> list[str]:
     return list(SPECIAL_TOKENS) + [w for w in words if w not in SPECIAL_TOKENS]
 
 
+#: Jinja chat template that renders exactly :func:`build_prompt` (so generic code that calls
+#: ``processor.apply_chat_template`` prompts the tiny model the way it was trained).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}"
+    + SYSTEM_PROMPT
+    + " USER :{% for c in m['content'] %}{% if c['type'] == 'image' %} "
+    + IMAGE_TOKEN
+    + "{% endif %}{% endfor %}{% for c in m['content'] %}{% if c['type'] == 'text' %} {{ c['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}{% endfor %} ASSISTANT :"
+)
+
+
 def build_prompt(question: str) -> str:
     """The prompt text for one question (``<s>`` is added by the tokenizer)."""
     return PROMPT_TEMPLATE.format(question=question)
@@ -135,6 +147,7 @@ def build_processor():
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         image_token=IMAGE_TOKEN,
+        chat_template=CHAT_TEMPLATE,
     )
 
 

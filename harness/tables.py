@@ -1,0 +1,54 @@
+"""Plain-text tables of a run (pandas + tabulate), shown after ``harness run``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+from tabulate import tabulate
+
+from .records import Record
+
+
+def accuracy_frame(recs: Sequence[Record]) -> pd.DataFrame:
+    rows = [
+        {"backbone": r.backbone, "method": r.method, "task": r.task, "accuracy": r.metrics.get("accuracy")}
+        for r in recs
+        if r.scenario == "accuracy" and r.status == "ok"
+    ]
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows).pivot_table(index=["backbone", "method"], columns="task", values="accuracy")
+    df["mean"] = df.mean(axis=1)
+    dense = {
+        b: df.loc[(b, "dense"), "mean"] for b in df.index.get_level_values(0) if (b, "dense") in df.index
+    }
+    df["retention"] = [df.loc[(b, m), "mean"] / dense[b] if b in dense else float("nan") for b, m in df.index]
+    return df
+
+
+def run_summary(recs: Sequence[Record]) -> str:
+    parts = []
+    acc = accuracy_frame(recs)
+    if not acc.empty:
+        shown = acc.copy()
+        shown.columns = [c.removeprefix("shapes_") for c in shown.columns]
+        parts.append("accuracy (exact match) and retention vs dense of the same run")
+        parts.append(tabulate(shown.reset_index(), headers="keys", showindex=False, floatfmt=".3f"))
+    other = [r for r in recs if r.scenario != "accuracy"]
+    if other:
+        rows = []
+        for r in other:
+            keys = {
+                "flops": [
+                    "flops_total_prefill",
+                    "flops_decoder",
+                    "flops_visual_side_vica",
+                    "fvcore_vs_analytic_rel",
+                ],
+                "latency": ["prefill_p50_s", "speedup", "flops_bound", "conversion", "kv_ratio"],
+            }.get(r.scenario, list(r.metrics)[:5])
+            shown = ", ".join(f"{k}={r.metrics[k]:.4g}" for k in keys if k in r.metrics)
+            rows.append([r.backbone, r.method, r.task, r.scenario, r.status, shown or (r.error or "")])
+        parts.append(tabulate(rows, headers=["backbone", "method", "task", "scenario", "status", "metrics"]))
+    return "\n\n".join(parts)
