@@ -41,7 +41,9 @@ def test_accuracy_keeps_per_sample_correctness(tiny_bb):
     from harness.accuracy import evaluate_task
 
     stack = _stack()
-    res = evaluate_task(tiny_bb, stack, stack.plan(tiny_bb), "shapes_exist_ci", mode="drop", batch_size=4, limit=8)
+    res = evaluate_task(
+        tiny_bb, stack, stack.plan(tiny_bb), "shapes_exist_ci", mode="drop", batch_size=4, limit=8
+    )
     m = res["metrics"]
     assert m["n"] == 8 and m["failed"] == 0 and 0.0 <= m["accuracy"] <= 1.0
     per = res["details"]["per_sample"]
@@ -58,7 +60,9 @@ def test_failed_batches_are_counted_not_scored(tiny_bb, monkeypatch):
 
     monkeypatch.setattr(lmms_plugin.SeebenchLMM, "_generate", boom)
     stack = _stack()
-    res = evaluate_task(tiny_bb, stack, stack.plan(tiny_bb), "shapes_attr_ci", mode="drop", batch_size=4, limit=8)
+    res = evaluate_task(
+        tiny_bb, stack, stack.plan(tiny_bb), "shapes_attr_ci", mode="drop", batch_size=4, limit=8
+    )
     assert res["metrics"]["failed"] == 8 and res["metrics"]["n"] == 0
 
 
@@ -114,7 +118,13 @@ def test_corrupted_or_missing_checkpoint_one_line(tiny_ckpt, tmp_path, monkeypat
     with pytest.raises(HarnessError) as err:
         open_backbone("embedded")
     msg = str(err.value)
-    assert "model.safetensors is corrupted" in msg and "harness train tiny-llava --out" in msg and "\n" not in msg
+    assert (
+        "model.safetensors is corrupted" in msg
+        and "harness train tiny-llava --out" in msg
+        and "\n" not in msg
+    )
     (bad / "model.safetensors").unlink()
-    with pytest.raises(HarnessError, match=r"model.safetensors is missing; rebuild it with: harness train tiny-llava"):
+    with pytest.raises(
+        HarnessError, match=r"model.safetensors is missing; rebuild it with: harness train tiny-llava"
+    ):
         open_backbone("embedded")
