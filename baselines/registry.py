@@ -21,10 +21,28 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
+_LOADED = False
+
+
 def _load_all() -> None:
-    """Import the method modules (each registers itself).  Nothing else imports them."""
-    # Methods land in their own files; each is listed here once.
-    return None
+    """Register every method, one line each.  Nothing else imports a concrete method."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from harness.models.vica import ViCA
+
+    from .dart import DART
+    from .fastv import FastV
+    from .naavit import NAAViT
+    from .pdrop import PDrop
+    from .random_drop import RandomDrop
+    from .shortv import ShortV
+    from .vtw import VTW
+    from .yopo import YOPO, YOPOTextOnly
+
+    for cls in (ViCA, ShortV, YOPO, YOPOTextOnly, NAAViT, FastV, PDrop, VTW, DART, RandomDrop):
+        register(cls)
 
 
 def names() -> list[str]:

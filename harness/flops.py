@@ -137,9 +137,11 @@ CONVENTION_EXCLUDED = frozenset(
 
 
 def _shape(v) -> list[int]:
+    """The static shape of a traced value ([] for scalars / non-tensors)."""
     from fvcore.nn.jit_handles import get_shape
 
-    return [int(x) for x in get_shape(v)]
+    shape = get_shape(v)
+    return [int(x) for x in shape] if shape else []
 
 
 def sdpa_macs(inputs, outputs) -> int:
@@ -369,6 +371,9 @@ def selector_overhead(plan: VisualPlan, stats: list[LayerStats], batch: Batch, g
             vis_key = lp.visual_kv or (lp.visual_query and lp.visual_attn != "none")
             keys = n_nv + (st.present[0] if vis_key else 0)
             macs += keys * g.q_width  # q of the last row reused; one logit row over the layer's keys
+        for sel, n_vis in ((lp.drop_before, present - n_nv), (lp.drop_after, st.present[0])):
+            if sel is not None and hasattr(sel, "overhead_macs"):
+                macs += sel.overhead_macs(n_vis, g.hidden)
     return macs
 
 

@@ -1,0 +1,55 @@
+"""FastV: after layer K-1, keep the visual tokens the last prompt token attends to most.
+
+Score (baselines.md 2.1): layer K-1's attention probabilities of the last prompt token over all keys,
+mean over heads, visual columns -- one row computed inside the executor, not eager attention.  Layers
+K.. run on the kept tokens; positions keep their original ids; decode continues at the full length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.models.method import Method, MethodError
+from harness.models.plan import SelectContext, VisualPlan
+
+from .common import kept_count, top_k
+
+
+@dataclass(frozen=True)
+class TopKAttention:
+    """Keep round(budget / 576 x n_visual) tokens by the last prompt token's attention."""
+
+    budget: float
+    positions: str = "keep"
+    needs: frozenset = frozenset({"attn_last"})
+
+    def select(self, ctx: SelectContext):
+        return [top_k(s, kept_count(self.budget, n)) for s, n in zip(ctx.scores, ctx.n_visual, strict=True)]
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    k: int = Field(2, ge=1, description="first layer that runs on the kept tokens (scores from layer K-1)")
+    budget: float | None = Field(None, gt=0, description="visual tokens kept, of 576 (default: ratio)")
+    ratio: float = Field(0.5, gt=0, lt=1, description="drop ratio R when no budget is given")
+
+
+class FastV(Method):
+    name: ClassVar[str] = "fastv"
+    stage: ClassVar = "in-llm"
+    description: ClassVar[str] = "drop visual tokens after layer K-1 by the last token's attention"
+    Params: ClassVar[type[BaseModel]] = Params
+
+    def budget(self) -> float:
+        return self.params.budget if self.params.budget is not None else 576 * (1 - self.params.ratio)
+
+    def validate_for(self, backbone: Any) -> None:
+        if self.params.k >= backbone.num_layers:
+            raise MethodError(f"method 'fastv': k={self.params.k} must be < the {backbone.num_layers} layers")
+
+    def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
+        li = self.params.k - 1
+        return plan.with_layer(li, replace(plan.layers[li], drop_after=TopKAttention(self.budget())))

@@ -1,0 +1,23 @@
+"""NAAViT (SAISA paper): visual tokens are never attention queries; their FFN is kept.
+
+seebench's reading (seed-methods.md section 6): text reads visual keys normally, visual K/V come from
+the current visual state, original positions, visual K/V cached in every layer.  Training-free use on
+a stock checkpoint is an ablation (the paper retrains).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, ClassVar
+
+from harness.models.method import Method
+from harness.models.plan import VisualPlan
+
+
+class NAAViT(Method):
+    name: ClassVar[str] = "naavit"
+    stage: ClassVar = "structural"
+    description: ClassVar[str] = "visual tokens never queried, FFN kept (no attention among visual tokens)"
+
+    def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
+        return VisualPlan(tuple(replace(lp, visual_query=False) for lp in plan.layers), plan.name)

@@ -1,0 +1,59 @@
+"""random: keep a seeded random subset of the visual tokens (the control every pruning method must beat).
+
+Seeded per sample id (README 2.4 rule 4), so batched and batch-1 runs keep the same tokens.  ``layer``
+0 drops before the first decoder layer (pre-LLM style, positions renumbered); a later layer is the
+in-LLM variant (positions keep).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.models.method import Method, MethodError
+from harness.models.plan import SelectContext, VisualPlan
+
+from .common import kept_count
+
+
+@dataclass(frozen=True)
+class RandomSubset:
+    budget: float
+    seed: int = 0
+    positions: str = "renumber"
+    needs: frozenset = frozenset()
+
+    def select(self, ctx: SelectContext):
+        out = []
+        for sid, present, n in zip(ctx.sample_ids, ctx.visual_index, ctx.n_visual, strict=True):
+            g = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{sid}".encode()))
+            k = min(kept_count(self.budget, n), present.numel())
+            out.append(torch.randperm(present.numel(), generator=g)[:k])
+        return out
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    budget: float = Field(128, gt=0, description="visual tokens kept, of 576")
+    layer: int = Field(0, ge=0, description="drop before this layer (0: pre-LLM style)")
+    seed: int = 0
+
+
+class RandomDrop(Method):
+    name: ClassVar[str] = "random"
+    stage: ClassVar = "in-llm"
+    description: ClassVar[str] = "keep a seeded random subset of visual tokens (control)"
+    Params: ClassVar[type[BaseModel]] = Params
+
+    def validate_for(self, backbone: Any) -> None:
+        if self.params.layer >= backbone.num_layers:
+            raise MethodError(f"method 'random': layer={self.params.layer} out of range")
+
+    def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
+        li = self.params.layer
+        sel = RandomSubset(self.params.budget, self.params.seed, "renumber" if li == 0 else "keep")
+        return plan.with_layer(li, replace(plan.layers[li], drop_before=sel))

@@ -1,0 +1,134 @@
+"""ShortV: visual tokens are keys/values only (no query, no FFN, state frozen) in N layers.
+
+Layers are chosen by Layer Contribution (``harness calibrate shortv``); the published lists are the
+defaults for the published backbones (seed-methods.md section 4.3; replacement order, take a prefix
+for smaller N).  Visual K/V come from the carried (frozen) state, positions are original, and every
+layer keeps visual K/V in its cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.models.method import Method, MethodError
+from harness.models.plan import KV_ONLY, VisualPlan
+
+from .common import check_layers, published_name
+
+PUBLISHED_LAYERS: dict[str, list[int]] = {
+    "llava-1.5-7b": [31, 29, 30, 28, 0, 26, 27, 25, 24, 22, 23, 21, 2, 3, 20, 18, 17, 12, 19],
+    "llava-1.5-13b": [
+        39,
+        32,
+        28,
+        36,
+        27,
+        37,
+        29,
+        30,
+        1,
+        38,
+        25,
+        31,
+        2,
+        26,
+        23,
+        34,
+        0,
+        33,
+        35,
+        22,
+        24,
+        21,
+        20,
+        17,
+    ],
+    "llava-next-7b": [31, 29, 30, 28, 26, 27, 22, 24, 21, 23, 25, 20, 19, 17, 18, 15, 12, 0, 2],
+    "llava-next-13b": [
+        39,
+        32,
+        29,
+        36,
+        27,
+        30,
+        37,
+        23,
+        25,
+        31,
+        26,
+        2,
+        28,
+        22,
+        33,
+        35,
+        34,
+        24,
+        38,
+        21,
+        20,
+        18,
+        1,
+        17,
+    ],
+}
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    layers: list[int] | None = Field(
+        None, description="frozen layers in replacement order (overrides the default)"
+    )
+    n: int | None = Field(None, ge=0, description="how many layers to freeze (prefix of the ordered list)")
+
+
+class ShortV(Method):
+    name: ClassVar[str] = "shortv"
+    stage: ClassVar = "structural"
+    description: ClassVar[str] = (
+        "visual tokens K/V-only (no query, no FFN) in the N lowest-contribution layers"
+    )
+    Params: ClassVar[type[BaseModel]] = Params
+
+    def ordered_layers(self, backbone: Any) -> list[int]:
+        p = self.params
+        if p.layers is not None:
+            order = list(p.layers)
+        else:
+            order = PUBLISHED_LAYERS.get(published_name(backbone) or "") or calibrated_layers(backbone)
+            if order is None:
+                raise MethodError(
+                    "method 'shortv': no published layer list for this backbone; pass layers=[...] or run "
+                    "harness calibrate shortv MODEL"
+                )
+        n = len(order) if p.n is None else p.n
+        if n > backbone.num_layers:
+            raise MethodError(f"method 'shortv': n={n} exceeds the backbone's {backbone.num_layers} layers")
+        if n > len(order):
+            raise MethodError(f"method 'shortv': n={n} but the layer list has only {len(order)} entries")
+        chosen = order[:n]
+        check_layers("shortv", "layers", chosen, backbone.num_layers)
+        return chosen
+
+    def validate_for(self, backbone: Any) -> None:
+        self.ordered_layers(backbone)
+
+    def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
+        layers = list(plan.layers)
+        for i in self.ordered_layers(backbone):
+            layers[i] = replace(KV_ONLY, drop_before=layers[i].drop_before, drop_after=layers[i].drop_after)
+        return VisualPlan(tuple(layers), plan.name)
+
+
+def calibrated_layers(backbone: Any) -> list[int] | None:
+    """The LC-ordered list stored next to a checkpoint by ``harness calibrate shortv --save``."""
+    import json
+    from pathlib import Path
+
+    meta = Path(str(backbone.source)) / "seebench.json"
+    if meta.exists():
+        layers = json.loads(meta.read_text()).get("calibration", {}).get("shortv", {}).get("layers")
+        return list(layers) if layers else None
+    return None

@@ -1,0 +1,39 @@
+"""VTW (Visual Tokens Withdrawal): visual tokens take part in layers 0..K-1 only.
+
+From layer K on they are withdrawn: no queries, no keys/values, no FFN, no KV-cache entries.
+Positions keep.  Default K = half the depth (ShortV compares K = 16 for 7B, 20 for 13B).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.models.method import Method, MethodError
+from harness.models.plan import INVISIBLE, VisualPlan
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    k: int | None = Field(None, ge=0, description="layers that see visual tokens (default: half the depth)")
+
+
+class VTW(Method):
+    name: ClassVar[str] = "vtw"
+    stage: ClassVar = "in-llm"
+    description: ClassVar[str] = "withdraw all visual tokens from layer K on"
+    Params: ClassVar[type[BaseModel]] = Params
+
+    def validate_for(self, backbone: Any) -> None:
+        if self.params.k is not None and self.params.k > backbone.num_layers:
+            raise MethodError(f"method 'vtw': k={self.params.k} exceeds the {backbone.num_layers} layers")
+
+    def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
+        k = self.params.k if self.params.k is not None else backbone.num_layers // 2
+        layers = [
+            lp if i < k else replace(INVISIBLE, drop_before=lp.drop_before)
+            for i, lp in enumerate(plan.layers)
+        ]
+        return VisualPlan(tuple(layers), plan.name)

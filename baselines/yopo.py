@@ -1,0 +1,98 @@
+"""YOPO: neighbour-window visual attention, pruned visual heads, half-width visual FFN, visual cut.
+
+Two registered semantics (seed-methods.md section 3.3):
+
+* ``yopo`` - the released code: heads outside a layer's mask give visual queries no output and give
+  text queries the softmax over all keys with the visual weights zeroed *without renormalisation*
+  (reproduced exactly by zeroing those heads' visual values); from ``k_cut`` on no head serves visual
+  tokens, but visual keys stay in the denominators and the half-width visual FFN still runs.
+* ``yopo_textonly`` - the stated intent: pruned heads see no visual keys (renormalised) and from
+  ``k_cut`` on visual tokens are absent (no K/V, no FFN).
+
+Window: visual queries attend to the system prefix and the k x k neighbours on the image grid
+(non-causal inside the window).  Visual FFN: the first m / r intermediate channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.models.method import Method, MethodError
+from harness.models.plan import INVISIBLE, LayerPlan, VisualPlan
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    window: int = Field(5, description="k of the k x k neighbour window (odd, >= 1)")
+    k_cut: int | None = Field(
+        None, description="first layer without visual computation (default 3/4 of the depth)"
+    )
+    ffn_ratio: int = Field(2, ge=1, description="visual FFN uses the first m / r channels")
+    head_mask: list[list[int]] | None = Field(
+        None, description="per layer, the heads that serve visual tokens (default: all; see calibrate yopo)"
+    )
+
+
+class YOPO(Method):
+    name: ClassVar[str] = "yopo"
+    stage: ClassVar = "structural"
+    description: ClassVar[str] = (
+        "window visual attention, pruned visual heads, m/r visual FFN, cut (reference)"
+    )
+    Params: ClassVar[type[BaseModel]] = Params
+    head_mode: ClassVar[str] = "zero_values"
+
+    def validate_for(self, backbone: Any) -> None:
+        p = self.params
+        if p.window < 1 or p.window % 2 == 0:
+            raise MethodError(f"method '{self.name}': window must be odd and >= 1, got {p.window}")
+        if p.k_cut is not None and not 0 <= p.k_cut <= backbone.num_layers:
+            raise MethodError(f"method '{self.name}': k_cut={p.k_cut} outside [0, {backbone.num_layers}]")
+        if p.head_mask is not None:
+            if len(p.head_mask) != backbone.num_layers:
+                raise MethodError(
+                    f"method '{self.name}': head_mask has {len(p.head_mask)} layers, the backbone {backbone.num_layers}"
+                )
+            bad = sorted({h for hs in p.head_mask for h in hs if not 0 <= h < backbone.num_heads})
+            if bad:
+                raise MethodError(
+                    f"method '{self.name}': head ids {bad} out of range [0, {backbone.num_heads})"
+                )
+
+    def k_cut(self, backbone: Any) -> int:
+        return self.params.k_cut if self.params.k_cut is not None else (3 * backbone.num_layers) // 4
+
+    def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
+        p = self.params
+        width = backbone.intermediate_size // p.ffn_ratio
+        cut = self.k_cut(backbone)
+        layers = []
+        for i, lp in enumerate(plan.layers):
+            heads = None if p.head_mask is None else tuple(p.head_mask[i])
+            if heads is not None and len(heads) == backbone.num_heads:
+                heads = None
+            if i < cut:
+                new = LayerPlan(visual_attn="window", window=p.window, visual_ffn=width, visual_heads=heads,
+                                head_mode=self.head_mode)  # fmt: skip
+            else:
+                new = self.after_cut(width)
+            layers.append(replace(new, drop_before=lp.drop_before, drop_after=lp.drop_after))
+        return VisualPlan(tuple(layers), plan.name)
+
+    def after_cut(self, width: int) -> LayerPlan:
+        # no head serves visual tokens: no visual queries, zeroed visual values, half FFN still runs
+        return LayerPlan(visual_query=False, visual_ffn=width, visual_heads=(), head_mode="zero_values")
+
+
+class YOPOTextOnly(YOPO):
+    name: ClassVar[str] = "yopo_textonly"
+    description: ClassVar[str] = (
+        "YOPO as stated: pruned heads see no visual keys; no visual tokens after the cut"
+    )
+    head_mode: ClassVar[str] = "drop_keys"
+
+    def after_cut(self, width: int) -> LayerPlan:
+        return INVISIBLE
