@@ -124,11 +124,15 @@ class ShortV(Method):
 
 def calibrated_layers(backbone: Any) -> list[int] | None:
     """The LC-ordered list stored next to a checkpoint by ``harness calibrate shortv --save``."""
+    return stored_calibration(backbone, "shortv", "layers")
+
+
+def stored_calibration(backbone: Any, method: str, key: str) -> Any:
+    """A calibration result saved in the checkpoint's seebench.json (None when there is none)."""
     import json
     from pathlib import Path
 
     meta = Path(str(backbone.source)) / "seebench.json"
     if meta.exists():
-        layers = json.loads(meta.read_text()).get("calibration", {}).get("shortv", {}).get("layers")
-        return list(layers) if layers else None
+        return json.loads(meta.read_text()).get("calibration", {}).get(method, {}).get(key)
     return None

@@ -65,13 +65,22 @@ class YOPO(Method):
     def k_cut(self, backbone: Any) -> int:
         return self.params.k_cut if self.params.k_cut is not None else (3 * backbone.num_layers) // 4
 
+    def head_mask(self, backbone: Any) -> list[list[int]] | None:
+        """The given mask, else one stored by ``harness calibrate yopo --save``, else all heads."""
+        if self.params.head_mask is not None:
+            return self.params.head_mask
+        from .shortv import stored_calibration
+
+        return stored_calibration(backbone, "yopo", "head_mask")
+
     def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
         p = self.params
+        mask = self.head_mask(backbone)
         width = backbone.intermediate_size // p.ffn_ratio
         cut = self.k_cut(backbone)
         layers = []
         for i, lp in enumerate(plan.layers):
-            heads = None if p.head_mask is None else tuple(p.head_mask[i])
+            heads = None if mask is None else tuple(mask[i])
             if heads is not None and len(heads) == backbone.num_heads:
                 heads = None
             if i < cut:

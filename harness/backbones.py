@@ -31,13 +31,22 @@ def open_backbone(model: str, dtype: str = "float32", device: str = "cpu") -> Ba
         if model.startswith("synthetic:"):
             from .latency import GEOMETRIES, synthetic_backbone
 
-            geometry = model.split(":", 1)[1]
+            geometry, *opts = model.split(":")[1:]
             if geometry not in GEOMETRIES:
                 raise BackboneError(
                     f"unknown backbone '{model}': synthetic geometries are "
                     + ", ".join(f"synthetic:{g}" for g in GEOMETRIES)
                 )
-            return synthetic_backbone(geometry)
+            size = {"L": 8, "h": 1024}
+            for o in opts:  # synthetic:llava-1.5:L4:h256 -> 4 layers, width 256
+                if o[:1] not in size or not o[1:].isdigit():
+                    raise BackboneError(
+                        f"bad synthetic option '{o}' in '{model}': use L<layers> and h<width>"
+                    )
+                size[o[0]] = int(o[1:])
+            return synthetic_backbone(
+                geometry, layers=size["L"], hidden=size["h"], heads=max(1, size["h"] // 128)
+            )
         if model.startswith("random:"):
             family = model.split(":", 1)[1]
             if family not in RANDOM_FAMILIES:

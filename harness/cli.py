@@ -296,6 +296,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise HarnessError(f"--arch {args.arch}: only 'dense' is trainable in this version")
     if args.scale <= 0:
         raise HarnessError(f"--scale must be > 0, got {args.scale}")
+    if args.threads is None:  # training uses every core unless told otherwise (timing uses 1)
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
     out = Path(args.out) if args.out else CHECKPOINT_DIR / "tiny-llava"
     summary = train_tiny(out, Recipe.default(seed=args.seed, scale=args.scale), progress=not args.no_progress)
     print(
@@ -310,6 +314,97 @@ def cmd_tasks_path(args: argparse.Namespace) -> int:
     from .lmms_entry import TASKS_DIR
 
     print(TASKS_DIR)
+    return 0
+
+
+# ------------------------------------------------------------------ calibrate
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .backbones import open_backbone
+    from .calibrate import calibrate, save_calibration
+
+    bb = open_backbone(args.model)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    res = calibrate(args.method, bb, tasks, args.limit, tau=args.tau, vote=args.vote)
+    res["backbone"] = bb.source
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2))
+    if args.save:
+        key = {"shortv": "layers", "yopo": "head_mask"}[args.method]
+        save_calibration(bb.source, args.method, {key: res[key], "samples": res["samples"]})
+    if args.json:
+        print(json.dumps(res, indent=2))
+    elif args.method == "shortv":
+        from tabulate import tabulate
+
+        print(tabulate([[i, res["lc"][i]] for i in res["layers"]], headers=["layer (ascending LC)", "LC"],
+                       floatfmt=".3e"))  # fmt: skip
+        print(f"ordered layer list: {res['layers']} ({len(res['samples'])} samples)")
+    else:
+        print(f"head mask (kept heads per layer): {[len(h) for h in res['head_mask']]}")
+    return 0
+
+
+# ------------------------------------------------------------------ report / compare
+def cmd_report(args: argparse.Namespace) -> int:
+    import time
+
+    from .report.build import build_report
+
+    t0 = time.perf_counter()
+    paths = build_report(Path(args.records), Path(args.out))
+    for kind, p in paths.items():
+        print(f"{kind:5s} {p}")
+    print(f"report built from records in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from .gate import compare_dirs
+
+    findings = compare_dirs(Path(args.base), Path(args.new), acc_floor=args.acc_floor,
+                            latency_tol=args.latency_tol, abs_latency_tol=args.abs_latency_tol)  # fmt: skip
+    shown = findings if args.all else [f for f in findings if f.verdict != "ok"]
+    if shown:
+        print(tabulate([[f.cell, f.check, f.base, f.new, f.verdict] for f in shown],
+                       headers=["cell", "check", "base", "new", "verdict"]))  # fmt: skip
+    failed = [f for f in findings if f.failed]
+    n_cells = len({f.cell for f in findings})
+    if failed:
+        cells = sorted({f.cell for f in failed})
+        print(f"compare: FAIL: {len(failed)} check(s) in {len(cells)} cell(s): " + "; ".join(cells))
+        return 1
+    print(f"compare: ok ({len(findings)} checks over {n_cells} cells)")
+    return 0
+
+
+# ------------------------------------------------------------------ merge
+def cmd_merge(args: argparse.Namespace) -> int:
+    from . import records
+
+    out = Path(args.out)
+    seen: dict[str, str] = {}
+    copied = 0
+    for folder in args.folders:
+        recs = records.load_dir(Path(folder))
+        if not recs:
+            raise HarnessError(f"no records under '{folder}'")
+        for r in recs:
+            if r.status != "ok":
+                continue
+            text = r.model_dump_json(indent=2)
+            if r.fingerprint in seen:
+                if json.loads(seen[r.fingerprint])["metrics"] != r.metrics and not args.allow_conflicts:
+                    raise HarnessError(
+                        f"cell {r.backbone} | {r.method} | {r.task} | {r.scenario} has two different results "
+                        f"(fingerprint {r.fingerprint[:12]}); pass --allow-conflicts to keep the first"
+                    )
+                continue
+            seen[r.fingerprint] = text
+            records.save(r, out)
+            copied += 1
+    print(f"merged {copied} records from {len(args.folders)} folders into {out}")
     return 0
 
 
@@ -439,6 +534,46 @@ def build_parser() -> argparse.ArgumentParser:
         "tasks-path", help="print the folder of seebench's lmms-eval tasks (for --include_path)"
     )
     tp.set_defaults(func=cmd_tasks_path)
+
+    ca = sub.add_parser(
+        "calibrate", help="ShortV layer order (LC) or YOPO head masks from calibration samples"
+    )
+    ca.add_argument("method", choices=["shortv", "yopo"])
+    ca.add_argument("model", help="checkpoint directory, 'embedded' or a hub id")
+    ca.add_argument(
+        "--tasks", required=True, help="comma-separated lmms-eval tasks, e.g. shapes_attr_ci,shapes_exist_ci"
+    )
+    ca.add_argument("--limit", type=_positive("--limit"), default=40, help="samples per task (default 40)")
+    ca.add_argument(
+        "--tau", type=float, default=0.1, help="yopo: visual/non-visual mass ratio of an active head"
+    )
+    ca.add_argument(
+        "--vote", type=float, default=0.4, help="yopo: share of samples on which a kept head is active"
+    )
+    ca.add_argument("--out", help="write the result JSON here")
+    ca.add_argument("--save", action="store_true", help="store the result in the checkpoint's seebench.json")
+    ca.add_argument("--json", action="store_true")
+    ca.set_defaults(func=cmd_calibrate)
+
+    rp = sub.add_parser("report", help="tables (Markdown, LaTeX, CSV, HTML) and charts from records only")
+    rp.add_argument("records", help="folder of records")
+    rp.add_argument("--out", required=True, help="output folder")
+    rp.set_defaults(func=cmd_report)
+
+    cp = sub.add_parser("compare", help="CI gate: fail on accuracy, FLOPs or latency-ratio regressions")
+    cp.add_argument("base")
+    cp.add_argument("new")
+    cp.add_argument("--acc-floor", type=float, default=0.01, help="minimum accuracy tolerance (default 0.01)")
+    cp.add_argument("--latency-tol", type=float, default=0.15, help="allowed worsening of method/dense ratio")
+    cp.add_argument("--abs-latency-tol", type=float, default=0.5, help="allowed slowdown, same machine only")
+    cp.add_argument("--all", action="store_true", help="show passing checks too")
+    cp.set_defaults(func=cmd_compare)
+
+    mg = sub.add_parser("merge", help="combine record folders (e.g. shards) into one")
+    mg.add_argument("folders", nargs="+")
+    mg.add_argument("--out", required=True)
+    mg.add_argument("--allow-conflicts", action="store_true")
+    mg.set_defaults(func=cmd_merge)
 
     m = sub.add_parser("methods", help="list registered methods")
     m.add_argument("--json", action="store_true", help="print a JSON list of objects")

@@ -104,11 +104,15 @@ def _select_index(sel: torch.Tensor, scratch: int) -> tuple[torch.Tensor, torch.
 class Executor:
     """Runs prefill, decode and greedy generation of a backbone under a visual plan."""
 
-    def __init__(self, backbone, mode: Mode = "drop") -> None:
+    def __init__(self, backbone, mode: Mode = "drop", observer=None) -> None:
+        """``observer(layer, q, k, v, mask, q_meta, k_meta)``, if given, sees every layer's attention
+        inputs during prefill (post-RoPE q/k, boolean mask): calibration reads head statistics
+        from it without eager attention."""
         if mode not in ("drop", "mask"):
             raise ValueError(f"unknown executor mode '{mode}': use 'drop' or 'mask'")
         self.bb = backbone
         self.mode: Mode = mode
+        self.observer = observer
 
     # ------------------------------------------------------------------ prefill
     @torch.inference_mode()
@@ -248,6 +252,8 @@ class Executor:
         head_zero_q = None
         if lp.visual_heads is not None:
             mask, v_used, head_zero_q = self._head_rules(lp, mask, v, q_meta, k_meta, H, Hkv)
+        if self.observer is not None:
+            self.observer(li, q, k, v, mask, q_meta, k_meta)
         empty = ~mask.any(-1, keepdim=True)  # rows with no allowed key (e.g. padding)
         mask = mask | empty
         gqa = int(v_used.shape[1]) != H

@@ -1,0 +1,1 @@
+"""Packaged data: published accuracy numbers (copied from the method specs)."""

@@ -1,0 +1,1 @@
+"""Reports from records only: tables (Markdown, LaTeX, CSV, HTML) and charts."""
