@@ -73,6 +73,7 @@ class RunSummary:
     ran: int = 0
     skipped: int = 0
     failed: int = 0
+    skipped_unavailable: int = 0
     records: list[records.Record] = field(default_factory=list)  # written by this run
     all_records: list[records.Record] = field(default_factory=list)  # every cell of the suite (incl. resumed)
 
@@ -119,6 +120,26 @@ def run_cell(cell: Cell, fp: str, backbones: _Backbones, env: dict[str, Any]) ->
         )  # fmt: skip
 
 
+def unavailable_record(cell: Cell, fp: str, env: dict[str, Any]) -> records.Record | None:
+    """A skipped record (with the reason) for a cell this machine cannot run; FLOPs cells of a
+    published geometry complete analytically instead.  None when the cell can run."""
+    from .availability import analytic_flops_metrics, cell_needs
+
+    needs = cell_needs(cell)
+    if needs.available:
+        return None
+    base = dict(fingerprint=fp, suite=cell.suite, backbone=cell.backbone.name, method=cell.method.name,
+                params=cell.method.params, task=cell.task, scenario=cell.scenario.kind, cell=cell.spec(),
+                environment=env)  # fmt: skip
+    if cell.scenario.kind == "flops" and cell.backbone.geometry:
+        m = analytic_flops_metrics(cell.backbone.geometry, cell.method.name, cell.method.params)
+        if m is not None:
+            return records.Record(**base, metrics=m, details={
+                "source": f"analytic model at the {cell.backbone.geometry} geometry (weights unavailable here)",
+                "unit": "FLOPs = 2 x MACs", "missing": needs.missing})  # fmt: skip
+    return records.Record(**base, status="skipped", error="; ".join(needs.missing))
+
+
 def run_suite(
     suite: Suite,
     out_dir: Path,
@@ -148,11 +169,12 @@ def run_suite(
                 summary.skipped += 1
                 bar.advance(job)
                 continue
-            rec = run_cell(cell, fp, backbones, env)
+            rec = unavailable_record(cell, fp, env) or run_cell(cell, fp, backbones, env)
             records.save(rec, out_dir)
             summary.records.append(rec)
             summary.ran += 1
             summary.failed += rec.status == "failed"
+            summary.skipped_unavailable += rec.status == "skipped"
             bar.advance(job)
     wanted = {fp for _, fp in todo}
     by_fp = {r.fingerprint: r for r in records.load_dir(out_dir) if r.fingerprint in wanted}

@@ -36,11 +36,16 @@ class BackboneSpec(_Strict):
     )
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "cpu"
+    geometry: str | None = Field(
+        None, description="paper geometry for analytic FLOPs when weights are absent"
+    )
+    requires_gpu: bool = Field(False, description="accuracy/latency cells need a GPU (7B+ checkpoints)")
 
 
 class MethodSpec(_Strict):
     name: str = Field(description="a registered method or a stack such as 'vica+pdrop'; 'dense' for none")
     params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per stack member")
+    backbones: list[str] | None = Field(None, description="only these backbone names (default: all)")
 
     @field_validator("params", mode="before")
     @classmethod
@@ -89,6 +94,19 @@ class Suite(_Strict):
         labels = [b.name for b in self.backbones]
         if len(set(labels)) != len(labels):
             raise ValueError("backbones: two backbones share a name; give each a distinct 'name'")
+        for i, m in enumerate(self.methods):
+            unknown = sorted(set(m.backbones or []) - set(labels))
+            if unknown:
+                raise ValueError(
+                    f"methods[{i}].backbones: unknown backbone name(s) {unknown}; known: {labels}"
+                )
+        from harness.models.geometry import PAPER_GEOMETRIES
+
+        for i, b in enumerate(self.backbones):
+            if b.geometry is not None and b.geometry not in PAPER_GEOMETRIES:
+                raise ValueError(
+                    f"backbones[{i}].geometry: unknown '{b.geometry}'; known: {sorted(PAPER_GEOMETRIES)}"
+                )
         return self
 
 
@@ -198,6 +216,8 @@ def expand(suite: Suite) -> list[Cell]:
     cells: list[Cell] = []
     for b in suite.backbones:
         for m in suite.methods:
+            if m.backbones is not None and b.name not in m.backbones:
+                continue
             for sc in suite.scenarios:
                 tasks = suite.tasks if SCENARIOS[sc.kind].needs_tasks else ["none"]
                 for t in tasks:

@@ -1,0 +1,159 @@
+"""What a cell needs (weights, datasets, a GPU) and whether this machine has it, without loading
+anything; and the analytic FLOPs of published geometries when the weights are absent.
+
+Used by ``harness run --suite paper --plan`` (the cell matrix in seconds) and by the runner, which
+skips unavailable cells with their reason instead of crashing, and still completes FLOPs cells of
+unavailable checkpoints from the paper geometry (analytic, recorded as such).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: lmms-eval task -> (HF dataset repo it loads, evaluation samples) for the paper benchmarks
+PAPER_TASKS: dict[str, tuple[str, int]] = {
+    "mme": ("lmms-lab/MME", 2374),
+    "mmbench_en_dev": ("lmms-lab/MMBench", 4329),
+    "mmbench_cn_dev": ("lmms-lab/MMBench", 4329),
+    "gqa": ("lmms-lab/GQA", 12578),
+    "vqav2_val": ("lmms-lab/VQAv2", 214354),
+    "scienceqa_img": ("lmms-lab/ScienceQA", 2017),
+    "textvqa_val": ("lmms-lab/textvqa", 5000),
+    "pope": ("lmms-lab/POPE", 9000),
+    "seedbench": ("lmms-lab/SEED-Bench", 14233),
+    "mmmu_val": ("lmms-lab/MMMU", 900),
+    "mmstar": ("Lin-Chen/MMStar", 1500),
+}
+GPU_EFFECTIVE_TFLOPS = 40.0  # assumed sustained fp16 throughput for cost estimates (A100-class, ~40% util)
+
+
+@dataclass
+class Needs:
+    weights: str
+    dataset: str | None = None
+    gpu: bool = False
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def available(self) -> bool:
+        return not self.missing
+
+
+def _hub_cached(repo: str, filename: str, repo_type: str = "model") -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo, filename, repo_type=repo_type)
+        return isinstance(hit, str)
+    except Exception:  # noqa: BLE001 - an unreadable cache means "not available"
+        return False
+
+
+def weights_available(model: str) -> bool:
+    if model == "embedded" or model.startswith(("embedded:", "random:", "synthetic:")):
+        return True
+    if Path(model).exists():
+        return (Path(model) / "config.json").exists()
+    return model.count("/") == 1 and _hub_cached(model, "config.json")
+
+
+def dataset_available(task: str) -> bool:
+    if task.startswith("shapes_") or task == "none":
+        return True
+    repo = PAPER_TASKS.get(task, (None, 0))[0]
+    if repo is None:
+        return False
+    root = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    return (root / f"datasets--{repo.replace('/', '--')}").exists()
+
+
+def gpu_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def cell_needs(cell: Any) -> Needs:
+    b, sc = cell.backbone, cell.scenario
+    needs = Needs(weights=b.model, gpu=b.requires_gpu and sc.kind in ("accuracy", "latency", "verify"))
+    if not weights_available(b.model):
+        needs.missing.append(f"weights {b.model} not on this machine (no network)")
+    if sc.kind == "accuracy":
+        needs.dataset = PAPER_TASKS.get(cell.task, (cell.task, 0))[0]
+        if not dataset_available(cell.task):
+            needs.missing.append(f"dataset {needs.dataset} for {cell.task} not in the local HF cache")
+    if needs.gpu and not gpu_available():
+        needs.missing.append("needs a GPU (7B+ checkpoint); none here")
+    return needs
+
+
+def analytic_schedule(geometry: str, method: str, params: dict[str, dict[str, Any]]):
+    """The analytic model's schedule for a published geometry and a single method (or None)."""
+    from . import flops_analytic as fa
+
+    g = fa.get_geometry(geometry)
+    p = params.get(method, {})
+    if method == "dense":
+        return g, fa.dense(g)
+    if method == "vica":
+        return g, fa.vica(g, p.get("t2v_layers"))
+    if method == "shortv":
+        return g, fa.shortv(g, n=p.get("n"), layers=p.get("layers"))
+    if method == "naavit":
+        return g, fa.naavit(g)
+    if method == "vtw":
+        return g, fa.vtw(g, p.get("k") or g.layers // 2)
+    if method == "fastv":
+        keep = round(p["budget"] * g.v / 576) if p.get("budget") else None
+        return g, fa.fastv(g, p.get("k", 2), keep, p.get("ratio", 0.5))
+    if method == "pdrop":
+        from harness.baselines.pdrop import SCHEDULES
+
+        layers, lam = SCHEDULES.get(p.get("budget"), ([8, 16, 24], 0.5))
+        return g, fa.pdrop(g, p.get("layer_list") or layers, p.get("lam") or lam)
+    if method in ("random", "dart") and p.get("budget"):
+        k = round(p["budget"] * g.v / 576)
+        layer = p.get("layer", 0) if method == "random" else p.get("k", 2)
+        return g, fa.in_llm(g, [g.v] * layer + [k] * (g.layers - layer))
+    if method == "yopo" or method == "yopo_textonly":
+        return g, fa.yopo(g)
+    return None
+
+
+def analytic_flops_metrics(
+    geometry: str, method: str, params: dict[str, dict[str, Any]]
+) -> dict[str, float] | None:
+    from . import flops_analytic as fa
+
+    found = analytic_schedule(geometry, method, params)
+    if found is None:
+        return None
+    g, sched = found
+    rep = fa.analyze(g, sched, "exact")
+    out = {
+        "flops_total_prefill": rep.total.flops,
+        "flops_decoder": rep.decoder_total.flops,
+        "flops_visual_side_yopo": rep.decoder_visual_yopo.flops,
+        "flops_visual_side_vica": rep.decoder_visual_vica.flops,
+        "flops_vision_tower": rep.vision_tower.flops,
+        "flops_total_prefill_t64": fa.analyze(g, sched, "shortv").decoder_total.flops,
+    }
+    return out
+
+
+def estimate_gpu_minutes(cell: Any) -> float | None:
+    """Prefill-bound estimate for accuracy cells on a GPU (labelled an estimate)."""
+    geometry = cell.backbone.geometry
+    if cell.scenario.kind != "accuracy" or geometry is None or cell.task not in PAPER_TASKS:
+        return None
+    m = analytic_flops_metrics(geometry, cell.method.name, cell.method.params)
+    if m is None:
+        return None
+    n = PAPER_TASKS[cell.task][1] if cell.scenario.limit is None else cell.scenario.limit
+    return n * m["flops_total_prefill"] / (GPU_EFFECTIVE_TFLOPS * 1e12) / 60
