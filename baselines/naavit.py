@@ -8,6 +8,7 @@ a stock checkpoint is an ablation (the paper retrains).
 from __future__ import annotations
 
 from dataclasses import replace
+from dataclasses import replace as dc_replace
 from typing import Any, ClassVar
 
 from harness.models.method import Method
@@ -20,4 +21,4 @@ class NAAViT(Method):
     description: ClassVar[str] = "visual tokens never queried, FFN kept (no attention among visual tokens)"
 
     def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
-        return VisualPlan(tuple(replace(lp, visual_query=False) for lp in plan.layers), plan.name)
+        return dc_replace(plan, layers=tuple(replace(lp, visual_query=False) for lp in plan.layers))

@@ -5,7 +5,7 @@ The harness knows methods only through this module.  ``dense`` is the empty stac
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from harness.models.method import STAGE_ORDER, Method, MethodError
@@ -33,15 +33,21 @@ def _load_all() -> None:
     from harness.models.vica import ViCA
 
     from .dart import DART
+    from .divprune import DivPrune
+    from .fastervlm import FasterVLM
     from .fastv import FastV
     from .naavit import NAAViT
     from .pdrop import PDrop
+    from .prumerge_plus import PruMergePlus
     from .random_drop import RandomDrop
     from .shortv import ShortV
+    from .visionzip import VisionZip
+    from .vispruner import VisPruner
     from .vtw import VTW
     from .yopo import YOPO, YOPOTextOnly
 
-    for cls in (ViCA, ShortV, YOPO, YOPOTextOnly, NAAViT, FastV, PDrop, VTW, DART, RandomDrop):
+    for cls in (ViCA, ShortV, YOPO, YOPOTextOnly, NAAViT, FastV, PDrop, VTW, DART, RandomDrop,
+                FasterVLM, VisionZip, VisPruner, PruMergePlus, DivPrune):  # fmt: skip
         register(cls)
 
 
@@ -83,7 +89,7 @@ class Stack:
         for m in self.methods:
             m.validate_for(backbone)
             plan = m.apply(plan, backbone)
-        return VisualPlan(plan.layers, name=self.name)
+        return replace(plan, name=self.name)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "methods": [m.describe() for m in self.methods]}
@@ -113,6 +119,8 @@ def build_stack(spec: str, params: dict[str, dict[str, Any]] | None = None) -> S
         raise MethodError(
             f"method stack '{spec}' is out of order ({order}); compose pre-llm -> structural -> in-llm"
         )
+    if sum(m.stage == "pre-llm" for m in methods) > 1:
+        raise MethodError(f"method stack '{spec}' has two pre-llm reducers; use at most one")
     structural = [m.name for m in methods if m.stage == "structural"]
     if len(structural) > 1:
         raise MethodError(f"method stack '{spec}' combines structural methods {structural}; use at most one")

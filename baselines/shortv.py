@@ -9,6 +9,7 @@ layer keeps visual K/V in its cache.
 from __future__ import annotations
 
 from dataclasses import replace
+from dataclasses import replace as dc_replace
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -119,7 +120,7 @@ class ShortV(Method):
         layers = list(plan.layers)
         for i in self.ordered_layers(backbone):
             layers[i] = replace(KV_ONLY, drop_before=layers[i].drop_before, drop_after=layers[i].drop_after)
-        return VisualPlan(tuple(layers), plan.name)
+        return dc_replace(plan, layers=tuple(layers))
 
 
 def calibrated_layers(backbone: Any) -> list[int] | None:

@@ -7,6 +7,7 @@ Positions keep.  Default K = half the depth (ShortV compares K = 16 for 7B, 20 f
 from __future__ import annotations
 
 from dataclasses import replace
+from dataclasses import replace as dc_replace
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,4 +37,4 @@ class VTW(Method):
             lp if i < k else replace(INVISIBLE, drop_before=lp.drop_before)
             for i, lp in enumerate(plan.layers)
         ]
-        return VisualPlan(tuple(layers), plan.name)
+        return dc_replace(plan, layers=tuple(layers))

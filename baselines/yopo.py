@@ -16,6 +16,7 @@ Window: visual queries attend to the system prefix and the k x k neighbours on t
 from __future__ import annotations
 
 from dataclasses import replace
+from dataclasses import replace as dc_replace
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -89,7 +90,7 @@ class YOPO(Method):
             else:
                 new = self.after_cut(width)
             layers.append(replace(new, drop_before=lp.drop_before, drop_after=lp.drop_after))
-        return VisualPlan(tuple(layers), plan.name)
+        return dc_replace(plan, layers=tuple(layers))
 
     def after_cut(self, width: int) -> LayerPlan:
         # no head serves visual tokens: no visual queries, zeroed visual values, half FFN still runs

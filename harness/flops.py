@@ -355,12 +355,19 @@ def schedule_from_plan(
     return work, overhead
 
 
-def selector_overhead(plan: VisualPlan, stats: list[LayerStats], batch: Batch, g: Geometry) -> float:
+def selector_overhead(
+    plan: VisualPlan, stats: list[LayerStats], batch: Batch, g: Geometry, bb: Backbone | None = None
+) -> float:
     """MACs of attention-score rows computed for selectors (README section 2.5)."""
     tt = batch.token_type[0]
     n_nv = int(((tt == TokenType.SYSTEM) | (tt == TokenType.TEXT)).sum())
     macs = 0.0
     before = int((tt == TokenType.VISUAL).sum())  # visual tokens entering the layer
+    if plan.reducer is not None:
+        if bb is None:
+            raise ValueError("a plan with a pre-LLM reducer needs the backbone to count its overhead")
+        macs += plan.reducer.overhead_macs(bb, batch)
+        before = stats[0].present[0]
     for lp, st in zip(plan.layers, stats, strict=True):
         present = n_nv + before
         before = st.present[0]
@@ -427,7 +434,7 @@ def flops_cell(bb: Backbone, inputs: dict[str, Any], plan: VisualPlan, mode: str
     stats = Executor(bb, mode).prefill(batch, plan, cache_extra=None).stats
     g = geometry_of(bb, batch)
     work, _ = schedule_from_plan(plan, stats, batch, mode)
-    overhead = fa.Compute(selector_overhead(plan, stats, batch, g))
+    overhead = fa.Compute(selector_overhead(plan, stats, batch, g, bb))
     report = fa.analyze(g, work, "exact", lm_head="last", vision_crops=g.vision.crops, overhead=overhead)
     report = _with_vision_layers(report, g)
     counted = count_prefill(bb, inputs, plan, mode)

@@ -188,7 +188,7 @@ def decoder_flops(bb: Backbone, batch: Batch, plan: VisualPlan, mode: str) -> fl
         g = geometry_of(bb, one)
         work, _ = schedule_from_plan(plan, stats, one, mode)
         rep = fa.analyze(g, work, "exact", lm_head="last")
-        total += rep.decoder_total.flops + rep.lm_head.flops + 2 * selector_overhead(plan, stats, one, g)
+        total += rep.decoder_total.flops + rep.lm_head.flops + 2 * selector_overhead(plan, stats, one, g, bb)
     return total
 
 

@@ -69,6 +69,9 @@ class Batch:
         n = int(lengths.max())
         sl = slice(self.seq_len - n, self.seq_len)
         feats = None if self.vision_features is None else [self.vision_features[r] for r in rows]
+        extras = dict(self.extras)
+        if isinstance(extras.get("clip"), list):
+            extras["clip"] = [extras["clip"][r] for r in rows]
         return Batch(
             embeds=self.embeds[rows, sl],
             token_type=self.token_type[rows, sl],
@@ -78,7 +81,7 @@ class Batch:
             visual_coords=self.visual_coords[rows, sl],
             sample_ids=[self.sample_ids[r] for r in rows],
             vision_features=feats,
-            extras=dict(self.extras),
+            extras=extras,
         )
 
 
@@ -110,3 +113,63 @@ def left_pad_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """1-D positions that start at 0 on the first real token of each left-padded sample [1,B,N]."""
     pos = attention_mask.long().cumsum(-1) - 1
     return pos.clamp(min=0)[None]
+
+
+def apply_reduction(batch: Batch, reduced: list, mode: str = "drop") -> Batch:
+    """Replace each sample's visual tokens by a pre-LLM reducer's output (``ReducedVisual``).
+
+    Drop mode: the sequence shrinks to [system][k visual][text], left-padded again.  Mask mode: the
+    full length stays; the k tokens fill the first visual slots and the freed slots become padding
+    (masked everywhere).  1-D positions are renumbered 0..n-1 over the real tokens (README 2.3);
+    M-RoPE ids keep the original 3-D ids of each token's anchor (the spec's recorded deviation).
+    """
+    rows = []
+    for i, red in enumerate(reduced):
+        tt = batch.token_type[i]
+        real = (tt != TokenType.PAD).nonzero().flatten()
+        vis = (tt == TokenType.VISUAL).nonzero().flatten()
+        pre = real[real < vis[0]] if vis.numel() else real
+        post = real[real > vis[-1]] if vis.numel() else real[:0]
+        k = red.embeds.shape[0]
+        vrows = vis[red.anchors.long()] if k else vis[:0]
+        rows.append((pre, vrows, post, red, int(vis.numel())))
+    b, h = batch.batch_size, batch.embeds.shape[-1]
+    full = mode == "mask"
+    lengths = [len(p) + (nv if full else len(v)) + len(q) for p, v, q, _, nv in rows]
+    n = max(lengths)
+    P = batch.positions.shape[0]
+    emb = batch.embeds.new_zeros(b, n, h)
+    tt = torch.zeros(b, n, dtype=batch.token_type.dtype)
+    pos = torch.zeros(P, b, n, dtype=torch.long)
+    vidx = torch.full((b, n), -1, dtype=torch.long)
+    coords = torch.full((b, n, 3), -1, dtype=torch.long)
+    next_pos = batch.next_position.clone()
+    for i, (pre, vrows, post, red, nv) in enumerate(rows):
+        start = n - lengths[i]
+        at = start
+        src = torch.cat([pre, vrows, post])
+        seg_len = [len(pre), len(vrows), len(post)]
+        # fill: system rows, k visual rows (+ masked slots in mask mode), text rows
+        idx = at
+        for seg, count in zip((pre, vrows, post), seg_len, strict=True):
+            if seg is vrows:
+                emb[i, idx : idx + count] = red.embeds.to(emb.dtype)
+                tt[i, idx : idx + count] = int(TokenType.VISUAL)
+                vidx[i, idx : idx + count] = torch.arange(count)
+                coords[i, idx : idx + count] = batch.visual_coords[i, vrows]
+                pos[:, i, idx : idx + count] = batch.positions[:, i, vrows]
+                idx += count + ((nv - count) if full else 0)
+            else:
+                emb[i, idx : idx + count] = batch.embeds[i, seg]
+                tt[i, idx : idx + count] = batch.token_type[i, seg]
+                pos[:, i, idx : idx + count] = batch.positions[:, i, seg]
+                idx += count
+        if P == 1:
+            real = tt[i] != TokenType.PAD
+            pos[0, i, real] = torch.arange(int(real.sum()))
+            next_pos[i] = int(real.sum())
+        del src
+    return Batch(
+        embeds=emb, token_type=tt, positions=pos, next_position=next_pos, visual_index=vidx, visual_coords=coords,
+        sample_ids=batch.sample_ids, vision_features=None, extras=dict(batch.extras, reduced=True),
+    )  # fmt: skip

@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .batch import Batch, TokenType
+from .batch import Batch, TokenType, apply_reduction
 from .kv_cache import KVCache, LayerKV
 from .plan import LayerPlan, PlanError, SelectContext, VisualPlan
 
@@ -129,6 +129,8 @@ class Executor:
         bb = self.bb
         plan = plan or VisualPlan.dense(bb.num_layers)
         plan.validate(bb.num_layers, bb.num_heads, bb.intermediate_size)
+        if plan.reducer is not None:
+            batch = apply_reduction(batch, plan.reducer.reduce(bb, batch), self.mode)
         st = self._initial_state(batch)
         layers_kv: list[LayerKV] = []
         stats: list[LayerStats] = []

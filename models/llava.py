@@ -50,7 +50,11 @@ class LlavaBackbone(Backbone):
             h = enc_layers[i](h, None)
             states[i + 1] = h
         feats = torch.cat([states[i] for i in wanted], dim=-1)
-        return feats, max(wanted), total
+        w = max(wanted)
+        # kept for pre-LLM methods that read the ViT's own attention (CLS row) or keys: the states
+        # entering and leaving the last layer whose output LLaVA uses (CLS included)
+        self._clip_states = {"layer": w - 1, "h_in": states[w - 1], "h_out": states[w]}
+        return feats, w, total
 
     def _select(self, feats: torch.Tensor) -> torch.Tensor:
         if self.config.vision_feature_select_strategy == "default":
@@ -73,6 +77,7 @@ class LlavaBackbone(Backbone):
             coords=[grid] * feats.shape[0],
             vision_layers_run=run,
             vision_layers_total=total,
+            extras=dict(getattr(self, "_clip_states", {})),
         )
 
     # ---- batch
@@ -121,6 +126,9 @@ class LlavaBackbone(Backbone):
             extras={
                 "vision_layers_run": vision.vision_layers_run if vision else 0,
                 "vision_layers_total": vision.vision_layers_total if vision else 0,
+                "clip": _per_sample(vision.extras, img_rows, b)
+                if vision and self.family == "llava"
+                else None,
             },
         )
 
@@ -210,3 +218,13 @@ class LlavaNextBackbone(LlavaBackbone):
         hi_coords[c == width - 1] = -1
         out[g * g :] = hi_coords
         return out
+
+
+def _per_sample(clip: dict, img_rows: list[int], b: int) -> list[dict | None] | None:
+    """Split the batched ViT states per sample (None for prompts without an image)."""
+    if not clip:
+        return None
+    out: list[dict | None] = [None] * b
+    for j, row in enumerate(img_rows):
+        out[row] = {"layer": clip["layer"], "h_in": clip["h_in"][j], "h_out": clip["h_out"][j]}
+    return out

@@ -141,6 +141,15 @@ def top_k_lowest_index_ties(scores: torch.Tensor, k: int) -> torch.Tensor:
     return order[:k]
 
 
+@dataclass
+class ReducedVisual:
+    """A pre-LLM reducer's output for one sample: new visual embeddings (LLM input space) and, per
+    token, the original visual index it stands for (its position and grid coordinate)."""
+
+    embeds: torch.Tensor  # [k, h]
+    anchors: torch.Tensor  # [k] long, original visual indices
+
+
 @dataclass(frozen=True)
 class LayerPlan:
     visual_query: bool = True
@@ -201,6 +210,10 @@ class VisualPlan:
 
     layers: tuple[LayerPlan, ...]
     name: str = "custom"
+    #: pre-LLM reducer: ``reduce(backbone, batch) -> list[ReducedVisual]`` (one per sample), applied
+    #: before layer 0; the reduced tokens are renumbered (README 2.3) and, in mask mode, laid out in
+    #: the full-length sequence with the freed visual slots masked
+    reducer: Any = None
 
     @classmethod
     def dense(cls, num_layers: int) -> VisualPlan:
@@ -210,6 +223,9 @@ class VisualPlan:
     def from_layers(cls, layers: Sequence[LayerPlan], name: str = "custom") -> VisualPlan:
         return cls(tuple(layers), name=name)
 
+    def with_reducer(self, reducer: Any) -> VisualPlan:
+        return replace(self, reducer=reducer)
+
     def with_layer(self, index: int, layer: LayerPlan) -> VisualPlan:
         layers = list(self.layers)
         layers[index] = layer
@@ -217,10 +233,12 @@ class VisualPlan:
 
     @property
     def is_dense(self) -> bool:
-        return all(lp.is_dense for lp in self.layers)
+        return self.reducer is None and all(lp.is_dense for lp in self.layers)
 
     def validate(self, num_layers: int, num_heads: int, ffn_width: int) -> None:
         """Raise :class:`PlanError` (one line naming the layer and field) for impossible plans."""
+        if self.reducer is not None and not callable(getattr(self.reducer, "reduce", None)):
+            raise PlanError(f"plan '{self.name}': reducer must have reduce(backbone, batch)")
         if len(self.layers) != num_layers:
             raise PlanError(
                 f"plan '{self.name}' has {len(self.layers)} layers but the backbone has {num_layers}; "
@@ -248,4 +266,5 @@ class VisualPlan:
                     raise PlanError(f"{where}: {name}.positions must be 'keep' or 'renumber'")
 
     def describe(self) -> list[str]:
-        return [lp.describe() for lp in self.layers]
+        pre = [f"pre-llm {type(self.reducer).__name__}"] if self.reducer is not None else []
+        return pre + [lp.describe() for lp in self.layers]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from dataclasses import replace as dc_replace
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -143,4 +144,4 @@ class HandPlan(Method):
     def apply(self, plan: VisualPlan, backbone) -> VisualPlan:
         hand = parse_plan(self.params.spec, backbone.num_layers)
         merged = [h if h != DENSE_LAYER else p for p, h in zip(plan.layers, hand.layers, strict=True)]
-        return VisualPlan(tuple(merged), name=hand.name)
+        return dc_replace(plan, layers=tuple(merged), name=hand.name)

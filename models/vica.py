@@ -10,6 +10,7 @@ all for 3B/13B).  Needs ViCA-trained weights; on stock weights it is a labelled 
 from __future__ import annotations
 
 from dataclasses import replace
+from dataclasses import replace as dc_replace
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -77,7 +78,7 @@ class ViCA(Method):
             layers.append(
                 replace(base, system_query=i in sq, drop_before=lp.drop_before, drop_after=lp.drop_after)
             )
-        return VisualPlan(tuple(layers), plan.name)
+        return dc_replace(plan, layers=tuple(layers))
 
 
 def _default_t2v(n: int) -> list[int]:

@@ -1,0 +1,70 @@
+"""The ViT's own attention for pre-LLM methods: one CLS row and the keys of one CLIP layer.
+
+Computed from the states the backbone kept (``batch.extras["clip"]``) with that layer's weights via
+``F.linear`` (only the needed rows: README section 2.5), so the vision tower is not re-run and the
+model is never switched to eager attention.  Every function reports the MACs it spent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from harness.models.method import MethodError
+
+
+def clip_state(batch: Any, i: int, method: str) -> dict:
+    clip = batch.extras.get("clip")
+    if not clip or clip[i] is None:
+        raise MethodError(
+            f"method '{method}' reads CLIP attention: it needs a LLaVA-1.5 backbone with a CLIP tower"
+        )
+    return clip[i]
+
+
+def _layer(bb: Any, index: int):
+    return bb.model.model.vision_tower.encoder.layers[index]
+
+
+def cls_attention(
+    bb: Any, state: dict, *, last_layer: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """CLS attention over the patches and the layer's keys.
+
+    Default: the feature layer (-2), per head then mean over heads; keys averaged over heads
+    [n, d_head].  ``last_layer``: PruMerge+'s variant on the last ViT layer with all dims as one
+    head; keys [n, d].  Returns (attention [n], keys, MACs)."""
+    vt = bb.model.model.vision_tower
+    index = len(vt.encoder.layers) - 1 if last_layer else state["layer"]
+    h = state["h_out"] if last_layer else state["h_in"]
+    layer = _layer(bb, index)
+    attn = layer.self_attn
+    x = layer.layer_norm1(h)
+    n, d = x.shape
+    q = F.linear(x[:1], attn.q_proj.weight, attn.q_proj.bias)
+    k = F.linear(x, attn.k_proj.weight, attn.k_proj.bias)
+    heads = 1 if last_layer else attn.num_heads
+    dh = d // heads
+    qh = q.view(1, heads, dh).transpose(0, 1)  # [H, 1, dh]
+    kh = k.view(n, heads, dh).transpose(0, 1)  # [H, n, dh]
+    probs = torch.softmax((qh @ kh.transpose(1, 2)) * dh**-0.5, -1)[:, 0]  # [H, n]
+    keys = k[1:] if last_layer else kh.mean(0)[1:]
+    macs = d * d + n * d * d + n * d
+    return probs.mean(0)[1:], keys, float(macs)
+
+
+def project(bb: Any, feats: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The LLaVA projector on reduced features (functional calls on its weights)."""
+    pj = bb.model.model.multi_modal_projector
+    x = F.linear(feats, pj.linear_1.weight, pj.linear_1.bias)
+    x = pj.act(x)
+    x = F.linear(x, pj.linear_2.weight, pj.linear_2.bias)
+    macs = feats.shape[0] * (pj.linear_1.in_features * pj.linear_1.out_features
+                             + pj.linear_2.in_features * pj.linear_2.out_features)  # fmt: skip
+    return x, float(macs)
+
+
+def visual_embeds(batch: Any, i: int) -> torch.Tensor:
+    return batch.embeds[i, batch.token_type[i] == 2]

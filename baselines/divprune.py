@@ -1,0 +1,42 @@
+"""DivPrune: greedy max-min diversity on the projected visual tokens (cosine distance).
+
+First pick: the token whose nearest neighbour is farthest; then repeatedly the token maximising its
+minimum distance to the kept set.  No text, no merging; kept tokens in ascending order.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from harness.models.plan import ReducedVisual
+
+from .clip_attention import visual_embeds
+from .prellm import PreLLM
+
+
+class DivPrune(PreLLM):
+    name: ClassVar[str] = "divprune"
+    description: ClassVar[str] = "greedy max-min diversity of projected visual tokens"
+
+    def reduce_one(self, bb, batch, i, k):
+        x = visual_embeds(batch, i)
+        n = x.shape[0]
+        z = F.normalize(x.float(), dim=-1)
+        dist = 1 - z @ z.T
+        # indices stay tensors so the selection is part of the traced data flow (FLOPs counting)
+        nn_dist = dist + torch.eye(n) * 1e9
+        first = torch.argmax(nn_dist.min(1).values)
+        chosen = [first]
+        taken = torch.zeros(n, dtype=torch.bool)
+        taken[first] = True
+        min_d = dist[first].masked_fill(taken, -1.0)
+        for _ in range(k - 1):
+            j = torch.argmax(min_d)
+            chosen.append(j)
+            taken[j] = True
+            min_d = torch.minimum(min_d, dist[j]).masked_fill(taken, -1.0)
+        keep = torch.sort(torch.stack(chosen)).values
+        return ReducedVisual(x[keep], keep), float(n * n * x.shape[1])
