@@ -30,6 +30,7 @@ def _load_all() -> None:
     if _LOADED:
         return
     _LOADED = True
+    from harness.models.saisa import SAISA
     from harness.models.vica import ViCA
 
     from .dart import DART
@@ -46,7 +47,7 @@ def _load_all() -> None:
     from .vtw import VTW
     from .yopo import YOPO, YOPOTextOnly
 
-    for cls in (ViCA, ShortV, YOPO, YOPOTextOnly, NAAViT, FastV, PDrop, VTW, DART, RandomDrop,
+    for cls in (ViCA, SAISA, ShortV, YOPO, YOPOTextOnly, NAAViT, FastV, PDrop, VTW, DART, RandomDrop,
                 FasterVLM, VisionZip, VisPruner, PruMergePlus, DivPrune):  # fmt: skip
         register(cls)
 

@@ -446,6 +446,20 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ convert
+def cmd_convert(args: argparse.Namespace) -> int:
+    from harness.models.convert import ConvertError, convert_llava_original
+
+    try:
+        meta = convert_llava_original(args.src, args.vision_tower, args.out)
+    except ConvertError as exc:
+        raise HarnessError(str(exc)) from None
+    print(
+        f"converted {args.src} -> {args.out} ({meta.get('architecture', 'llava')}); check it with: harness verify {args.out}"
+    )
+    return 0
+
+
 # ------------------------------------------------------------------ methods
 def cmd_methods(args: argparse.Namespace) -> int:
     from harness.baselines import registry
@@ -615,6 +629,15 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--out", required=True)
     mg.add_argument("--allow-conflicts", action="store_true")
     mg.set_defaults(func=cmd_merge)
+
+    cv = sub.add_parser("convert", help="LLaVA original-layout checkpoint (ViCA, YOPO, SAISA) -> HF layout")
+    cv.add_argument("layout", choices=["llava-original"])
+    cv.add_argument("src", help="original checkpoint directory")
+    cv.add_argument(
+        "--vision-tower", required=True, help="local CLIP vision tower directory (mm_vision_tower)"
+    )
+    cv.add_argument("--out", required=True)
+    cv.set_defaults(func=cmd_convert)
 
     m = sub.add_parser("methods", help="list registered methods")
     m.add_argument("--json", action="store_true", help="print a JSON list of objects")

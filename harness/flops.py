@@ -194,6 +194,8 @@ class _Prefill(torch.nn.Module):
         super().__init__()
         self.bb, self.plan, self.mode, self.keys, self.extra = bb, plan, mode, keys, extra
         self.model = bb.model  # registered so fvcore attributes ops to its submodules
+        if hasattr(bb, "projectors"):  # SAISA's per-layer projectors
+            self.projectors = bb.projectors
 
     def forward(self, *tensors):
         inputs = dict(zip(self.keys, tensors, strict=True)) | self.extra
@@ -295,7 +297,7 @@ def geometry_of(bb: Backbone, batch: Batch) -> Geometry:
             (proj.linear_1.in_features, proj.linear_1.out_features),
             (proj.linear_2.in_features, proj.linear_2.out_features),
         )
-        rows = n_img * vision.patches
+        rows = 0 if hasattr(bb, "projectors") else n_img * vision.patches  # SAISA: no global projector
     else:
         raise NotImplementedError("the analytic vision/projector lines cover the LLaVA families")
     tc = bb.text_config
@@ -314,7 +316,7 @@ def _clip_layers_needed(bb: Backbone) -> int:
 
 
 def schedule_from_plan(
-    plan: VisualPlan, stats: list[LayerStats], batch: Batch, mode: str = "drop"
+    plan: VisualPlan, stats: list[LayerStats], batch: Batch, mode: str = "drop", bb: Backbone | None = None
 ) -> tuple[list[fa.LayerWork], float]:
     """LayerWork per layer for a batch-1 run, derived from the plan's semantics and the visual
     tokens present in each layer (the pruning schedule), plus the MACs of selector score rows.
@@ -326,6 +328,10 @@ def schedule_from_plan(
     txt = int((tt == TokenType.TEXT).sum())
     n_nv = s + txt
     v0 = int((tt == TokenType.VISUAL).sum())
+    projector_shapes: tuple = ()
+    if bb is not None and hasattr(bb, "projectors"):  # SAISA: per-layer projectors of the raw features
+        first, last = bb.projectors[0][0], bb.projectors[0][2]
+        projector_shapes = ((first.in_features, first.out_features), (last.in_features, last.out_features))
     work: list[fa.LayerWork] = []
     overhead = 0.0
     for lp, st in zip(plan.layers, stats, strict=True):
@@ -341,6 +347,7 @@ def schedule_from_plan(
         v_ffn = v if lp.visual_ffn != 0 else 0
         m_v = lp.visual_ffn if lp.visual_ffn not in (None, 0) else None
         rows, keys = nq_nv + v_q, n_nv + v_k
+        proj = projector_shapes if lp.kv_source == "projector" else ()
         work.append(
             fa.LayerWork(
                 t=n_nv,
@@ -350,7 +357,9 @@ def schedule_from_plan(
                 v_ffn=v_ffn,
                 m_v=m_v,
                 attn_calls=(fa.AttnCall(rows, keys),),
-            )
+                proj=proj,
+                proj_rows=v if proj else 0,
+            )  # fmt: skip
         )
     return work, overhead
 
@@ -433,7 +442,7 @@ def flops_cell(bb: Backbone, inputs: dict[str, Any], plan: VisualPlan, mode: str
         raise ValueError("FLOPs are counted per sample: give batch-1 inputs")
     stats = Executor(bb, mode).prefill(batch, plan, cache_extra=None).stats
     g = geometry_of(bb, batch)
-    work, _ = schedule_from_plan(plan, stats, batch, mode)
+    work, _ = schedule_from_plan(plan, stats, batch, mode, bb)
     overhead = fa.Compute(selector_overhead(plan, stats, batch, g, bb))
     report = fa.analyze(g, work, "exact", lm_head="last", vision_crops=g.vision.crops, overhead=overhead)
     report = _with_vision_layers(report, g)

@@ -261,8 +261,20 @@ def load_backbone(name_or_dir: str, dtype: torch.dtype = torch.float32, device: 
         processor = transformers.AutoProcessor.from_pretrained(name_or_dir)
     except (OSError, ValueError, TypeError, KeyError):
         processor = None
-    weights = "pretrained"
+    weights, info = "pretrained", {}
     meta = path / "seebench.json"
     if meta.exists():
-        weights = json.loads(meta.read_text()).get("weights", weights)
+        info = json.loads(meta.read_text())
+        weights = info.get("weights", weights)
+    if info.get("architecture") == "saisa":
+        from .saisa import SaisaBackbone, load_projectors
+
+        vc = model.config.vision_config
+        fl = model.config.vision_feature_layer
+        d_vis = vc.hidden_size * (1 if isinstance(fl, int) else len(fl))
+        tc = model.config.get_text_config()
+        proj = load_projectors(
+            path / "saisa_projectors.safetensors", d_vis, tc.hidden_size, tc.num_hidden_layers
+        )
+        return SaisaBackbone(model, proj, processor=processor, source=name_or_dir, weights=weights)
     return wrap(model, processor=processor, source=name_or_dir, weights=weights)

@@ -56,6 +56,10 @@ class LlavaBackbone(Backbone):
         self._clip_states = {"layer": w - 1, "h_in": states[w - 1], "h_out": states[w]}
         return feats, w, total
 
+    def project(self, feats: torch.Tensor) -> torch.Tensor:
+        """Vision features -> LLM input space (the multimodal projector)."""
+        return self.model.model.multi_modal_projector(feats)
+
     def _select(self, feats: torch.Tensor) -> torch.Tensor:
         if self.config.vision_feature_select_strategy == "default":
             return feats[:, 1:]
@@ -64,7 +68,7 @@ class LlavaBackbone(Backbone):
     def vision(self, inputs: dict[str, Any]) -> VisionOutput:
         feats, run, total = self._vision_features(inputs["pixel_values"])
         feats = self._select(feats)
-        embeds = self.model.model.multi_modal_projector(feats)
+        embeds = self.project(feats)
         n = int(feats.shape[1])
         g = math.isqrt(n)
         j = torch.arange(n)

@@ -1,0 +1,87 @@
+"""SAISA: per-layer projectors re-project the raw vision features for every decoder layer.
+
+Layer l overwrites the visual states with P_l(f) = Linear(d_vis -> h) -> GELU -> Linear(h -> h)
+before its input norm; visual tokens are keys/values only (no query, no FFN); the global LLaVA
+projector's output is dead (layer 0 overwrites it), so this backbone skips it.  Visual K/V are cached
+in every layer.  (seed-methods.md section 5.2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .llava import LlavaBackbone
+from .method import Method, MethodError
+from .plan import KV_ONLY, VisualPlan
+
+
+class SaisaBackbone(LlavaBackbone):
+    """A LLaVA backbone plus one projector per decoder layer."""
+
+    family = "llava"
+
+    def __init__(self, model, projectors: nn.ModuleList, **kw: Any) -> None:
+        super().__init__(model, **kw)
+        if len(projectors) != self.num_layers:
+            raise ValueError(f"SAISA needs {self.num_layers} per-layer projectors, got {len(projectors)}")
+        self.projectors = projectors.eval().requires_grad_(False)
+
+    def project(self, feats: torch.Tensor) -> torch.Tensor:
+        """The global projector's output would be overwritten in layer 0: it is not computed."""
+        return feats.new_zeros(*feats.shape[:-1], self.hidden_size)
+
+    def visual_projection(self, layer: int, batch, vidx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        feats = batch.vision_features
+        out = x.clone()
+        proj = self.projectors[layer]
+        for i, f in enumerate(feats):
+            rows = (vidx[i] >= 0).nonzero().flatten()
+            if rows.numel():
+                out[i, rows] = proj(f[vidx[i, rows]].to(x.dtype))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "architecture": "saisa"}
+
+
+def make_projectors(d_vis: int, hidden: int, layers: int) -> nn.ModuleList:
+    return nn.ModuleList(
+        nn.Sequential(nn.Linear(d_vis, hidden), nn.GELU(), nn.Linear(hidden, hidden)) for _ in range(layers)
+    )
+
+
+def load_projectors(path: Path, d_vis: int, hidden: int, layers: int) -> nn.ModuleList:
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    projectors = make_projectors(d_vis, hidden, layers)
+    projectors.load_state_dict(state, strict=True)
+    return projectors
+
+
+class SAISA(Method):
+    name: ClassVar[str] = "saisa"
+    stage: ClassVar = "structural"
+    description: ClassVar[str] = (
+        "per-layer projectors of raw vision features; visual tokens K/V-only, no FFN (needs SAISA weights)"
+    )
+    needs_weights: ClassVar[bool] = True
+
+    def validate_for(self, backbone: Any) -> None:
+        if not isinstance(backbone, SaisaBackbone):
+            raise MethodError(
+                "method 'saisa' needs a SAISA checkpoint with per-layer projectors "
+                "(convert one with: harness convert llava-original SRC --vision-tower CLIP_DIR --out DIR)"
+            )
+
+    def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
+        layers = tuple(
+            replace(KV_ONLY, kv_source="projector", drop_before=lp.drop_before, drop_after=lp.drop_after)
+            for lp in plan.layers
+        )
+        return replace(plan, layers=layers)
