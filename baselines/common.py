@@ -32,7 +32,7 @@ def check_layers(method: str, param: str, layers: list[int], num_layers: int) ->
 
 def scaled_layers(reference: list[int], reference_layers: int, num_layers: int) -> list[int]:
     """Map layer ids of a 32-layer reference schedule to another depth (proportionally)."""
-    return sorted({min(num_layers - 1, round(i * num_layers / reference_layers)) for i in reference})
+    return sorted({min(num_layers - 1, max(1, round(i * num_layers / reference_layers))) for i in reference})
 
 
 def kept_count(budget: float, n_visual: int) -> int:

@@ -22,6 +22,23 @@ def _threads(n: int | None) -> None:
     torch.set_num_threads(n or int(os.environ.get("SEEBENCH_THREADS", "1")))
 
 
+def _params(text: str | None) -> dict:
+    """--params '{"fastv": {"budget": 64}}' -> per-method parameters."""
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HarnessError(
+            f'--params is not valid JSON ({exc.msg}); e.g. \'{{"fastv": {{"budget": 64}}}}\''
+        ) from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise HarnessError(
+            '--params maps method names to parameter objects, e.g. \'{"fastv": {"budget": 64}}\''
+        )
+    return data
+
+
 def _positive(name: str):
     def parse(text: str) -> int:
         try:
@@ -158,7 +175,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
         raise HarnessError("give --suite paper, a checkpoint directory, or --random FAMILY")
     bb = open_backbone(args.model or f"random:{args.random}")
     try:
-        plan = build_stack(args.method).plan(bb)
+        plan = build_stack(args.method, _params(args.params)).plan(bb)
     except MethodError as exc:
         raise HarnessError(str(exc)) from None
     cell = flops_cell(bb, verify_inputs(bb, 1, 0)[0], plan, args.mode)
@@ -279,7 +296,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
         samples = verify_inputs(bb, args.batch, args.seed)
         batch = bb.encode(collate(bb, samples) if len(samples) > 1 else samples[0])
     try:
-        plan = build_stack(method).plan(bb)
+        plan = build_stack(method, _params(args.params)).plan(bb)
         timing = TimingConfig(
             args.warmup, args.min_repeats, args.min_time, max(args.min_repeats, args.max_repeats)
         )
@@ -533,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--random", choices=["llava-1.5", "llava-next", "qwen2-vl"], help="random-init small geometry"
     )
     f.add_argument("--method", default="dense", help="method stack or plan:SPEC (default dense)")
+    f.add_argument("--params", help='method parameters as JSON, e.g. \'{"fastv": {"budget": 64}}\'')
     f.add_argument("--mode", choices=["drop", "mask"], default="drop")
     f.add_argument("--out", help="with --suite: folder for CSV / JSON / Markdown tables")
     f.add_argument("--no-check", action="store_true", help="with --suite: skip the FakeTensor cross-check")
@@ -548,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--random", choices=["llava-1.5", "llava-next", "qwen2-vl"], help="small random-init model"
     )
     lt.add_argument("--method", default="dense", help="method stack (default dense)")
+    lt.add_argument("--params", help='method parameters as JSON, e.g. \'{"fastv": {"budget": 64}}\'')
     lt.add_argument(
         "--plan", help="hand-written plan spec instead of a method, e.g. 'kv_only=60%%' (see README)"
     )

@@ -15,6 +15,15 @@ import pandas as pd  # noqa: E402
 from ..records import Record  # noqa: E402
 
 
+def _finish(fig, ax, path: Path) -> Path:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Non-dominated points for (cost lower is better, accuracy higher is better), by cost."""
     front, best = [], -float("inf")
@@ -43,12 +52,7 @@ def _scatter(df: pd.DataFrame, xcol: str, xlabel: str, path: Path, frontier: boo
             )
     ax.set_xlabel(xlabel)
     ax.set_ylabel("mean accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path)
 
 
 def latency_vs_batch(recs: Sequence[Record], path: Path) -> Path | None:
@@ -64,12 +68,7 @@ def latency_vs_batch(recs: Sequence[Record], path: Path) -> Path | None:
     ax.set_xlabel("batch size")
     ax.set_ylabel("prefill samples / s")
     ax.set_xscale("log", base=2)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path)
 
 
 def all_charts(df: pd.DataFrame, recs: Sequence[Record], out: Path) -> list[Path]:
