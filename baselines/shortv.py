@@ -104,7 +104,12 @@ class ShortV(Method):
                     "method 'shortv': no published layer list for this backbone; pass layers=[...] or run "
                     "harness calibrate shortv MODEL"
                 )
-        n = len(order) if p.n is None else p.n
+        if p.n is not None:
+            n = p.n
+        elif p.layers is None and len(order) == backbone.num_layers:
+            n = round(19 / 32 * backbone.num_layers)  # a calibrated full order: ShortV's share (19 of 32)
+        else:
+            n = len(order)
         if n > backbone.num_layers:
             raise MethodError(f"method 'shortv': n={n} exceeds the backbone's {backbone.num_layers} layers")
         if n > len(order):
