@@ -674,6 +674,14 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2
+    except ValueError as exc:  # MethodError / PlanError / BackboneError: one line naming the problem
+        from harness.models.method import MethodError
+        from harness.models.plan import PlanError
+
+        if not isinstance(exc, MethodError | PlanError):
+            raise
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("harness: interrupted; finished cells are kept, re-run to resume", file=sys.stderr)
         return 130

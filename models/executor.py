@@ -227,14 +227,24 @@ class Executor:
             q_idx = kv_idx = None
         else:
             q_idx = None if bool((q_rows == st.alive).all()) else _select_index(q_rows, scratch)[0]
-            kv_idx = None if bool((kv_rows == st.alive).all()) else _select_index(kv_rows, scratch)[0]
+            same = bool((kv_rows == q_rows).all())  # e.g. text-only layers: one gather, one RoPE
+            kv_idx = (
+                q_idx
+                if same
+                else (None if bool((kv_rows == st.alive).all()) else _select_index(kv_rows, scratch)[0])
+            )
 
-        # idx None = every row but the scratch row (nothing gathered); else the gathered rows
-        hn = layer.input_layernorm(st.x)
+        # idx None = every row but the scratch row (nothing gathered); else the gathered rows, and
+        # only those are normalised (rows a layer does not use cost nothing)
+        norm = layer.input_layernorm
+        hn = norm(st.x) if q_idx is None or kv_idx is None else None
         q_meta = self._meta(st, q_idx)
-        k_meta = self._meta(st, kv_idx)
-        hq = hn[:, :-1] if q_idx is None else _gather_rows(hn, q_idx)
-        hk = hn[:, :-1] if kv_idx is None else (hq if kv_idx is q_idx else _gather_rows(hn, kv_idx))
+        k_meta = q_meta if kv_idx is q_idx else self._meta(st, kv_idx)
+        hq = hn[:, :-1] if q_idx is None else norm(_gather_rows(st.x, q_idx))
+        if kv_idx is q_idx:
+            hk = hq
+        else:
+            hk = hn[:, :-1] if kv_idx is None else norm(_gather_rows(st.x, kv_idx))
         b, nq, _ = hq.shape
         nk = hk.shape[1]
         H, Hkv, d = bb.num_heads, bb.num_kv_heads, bb.head_dim
@@ -278,7 +288,7 @@ class Executor:
         if q_idx is None:
             st.x[:, :-1] += upd * q_rows[:, :-1, None].to(upd.dtype)
         else:
-            st.x = st.x.scatter_add(1, q_idx[..., None].expand(-1, -1, upd.shape[-1]), upd)
+            st.x.scatter_add_(1, q_idx[..., None].expand(-1, -1, upd.shape[-1]), upd)
         self._ffn(st, layer, lp, ffn_rows, scratch)
         st.x[:, -1] = 0
 
@@ -371,12 +381,12 @@ class Executor:
         elif bool(full_rows.any()):
             idx, _ = _select_index(full_rows, scratch)
             hn = layer.post_attention_layernorm(_gather_rows(st.x, idx))
-            st.x = st.x.scatter_add(1, idx[..., None].expand(-1, -1, hn.shape[-1]), mlp(hn))
+            st.x.scatter_add_(1, idx[..., None].expand(-1, -1, hn.shape[-1]), mlp(hn))
         if bool(part_rows.any()):
             idx, _ = _select_index(part_rows, scratch)
             hn = layer.post_attention_layernorm(_gather_rows(st.x, idx))
             upd = _sliced_mlp(mlp, hn, width)
-            st.x = st.x.scatter_add(1, idx[..., None].expand(-1, -1, upd.shape[-1]), upd)
+            st.x.scatter_add_(1, idx[..., None].expand(-1, -1, upd.shape[-1]), upd)
 
     # ------------------------------------------------------------------ token selection
     def _last_rows(self, st: _State) -> tuple[torch.Tensor, torch.Tensor]:
