@@ -19,7 +19,7 @@ model (``vision_layers_run``); the count and the analytic model both use the lay
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ from harness.models.backbone import Backbone
 from harness.models.batch import Batch, TokenType
 from harness.models.executor import Executor, LayerStats
 from harness.models.geometry import Geometry, VisionGeometry
-from harness.models.plan import LayerPlan, VisualPlan
+from harness.models.plan import VisualPlan
 
 from . import flops_analytic as fa
 
@@ -317,7 +317,7 @@ def _clip_layers_needed(bb: Backbone) -> int:
 
 def schedule_from_plan(
     plan: VisualPlan, stats: list[LayerStats], batch: Batch, mode: str = "drop", bb: Backbone | None = None
-) -> tuple[list[fa.LayerWork], float]:
+) -> list[fa.LayerWork]:
     """LayerWork per layer for a batch-1 run, derived from the plan's semantics and the visual
     tokens present in each layer (the pruning schedule), plus the MACs of selector score rows.
 
@@ -333,7 +333,6 @@ def schedule_from_plan(
         first, last = bb.projectors[0][0], bb.projectors[0][2]
         projector_shapes = ((first.in_features, first.out_features), (last.in_features, last.out_features))
     work: list[fa.LayerWork] = []
-    overhead = 0.0
     for lp, st in zip(plan.layers, stats, strict=True):
         v = st.present[0]
         if mode == "mask":
@@ -361,7 +360,7 @@ def schedule_from_plan(
                 proj_rows=v if proj else 0,
             )  # fmt: skip
         )
-    return work, overhead
+    return work
 
 
 def selector_overhead(
@@ -442,10 +441,11 @@ def flops_cell(bb: Backbone, inputs: dict[str, Any], plan: VisualPlan, mode: str
         raise ValueError("FLOPs are counted per sample: give batch-1 inputs")
     stats = Executor(bb, mode).prefill(batch, plan, cache_extra=None).stats
     g = geometry_of(bb, batch)
-    work, _ = schedule_from_plan(plan, stats, batch, mode, bb)
+    work = schedule_from_plan(plan, stats, batch, mode, bb)
     overhead = fa.Compute(selector_overhead(plan, stats, batch, g, bb))
     report = fa.analyze(g, work, "exact", lm_head="last", vision_crops=g.vision.crops, overhead=overhead)
-    report = _with_vision_layers(report, g)
+    # the executor runs only the vision layers it needs (select layer -2 -> one fewer)
+    report = replace(report, vision_tower=report.vision_tower_needed)
     counted = count_prefill(bb, inputs, plan, mode)
     conventions = {}
     for conv in ("fastv", "swiglu", "shortv"):
@@ -454,14 +454,3 @@ def flops_cell(bb: Backbone, inputs: dict[str, Any], plan: VisualPlan, mode: str
     budget = {"in": b.kv[0] if b.kv else 0, "layer_avg": b.layer_avg, "layer_avg_attn_q": b.layer_avg_attn_q,
               "layer_avg_ffn": b.layer_avg_ffn}  # fmt: skip
     return FlopsCell(counted, report, conventions, budget)
-
-
-def _with_vision_layers(report: fa.FlopsReport, g: Geometry) -> fa.FlopsReport:
-    """The executor runs the vision layers it needs (select layer -2 -> one fewer)."""
-    from dataclasses import replace
-
-    return replace(report, vision_tower=report.vision_tower_needed)
-
-
-def layer_plan_label(lp: LayerPlan) -> str:
-    return lp.describe()

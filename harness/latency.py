@@ -186,7 +186,7 @@ def decoder_flops(bb: Backbone, batch: Batch, plan: VisualPlan, mode: str) -> fl
         one = batch.select([i])
         stats = Executor(bb, mode).prefill(one, plan, cache_extra=None).stats
         g = geometry_of(bb, one)
-        work, _ = schedule_from_plan(plan, stats, one, mode, bb)
+        work = schedule_from_plan(plan, stats, one, mode, bb)
         rep = fa.analyze(g, work, "exact", lm_head="last")
         total += rep.decoder_total.flops + rep.lm_head.flops + 2 * selector_overhead(plan, stats, one, g, bb)
     return total
