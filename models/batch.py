@@ -146,12 +146,10 @@ def apply_reduction(batch: Batch, reduced: list, mode: str = "drop") -> Batch:
     next_pos = batch.next_position.clone()
     for i, (pre, vrows, post, red, nv) in enumerate(rows):
         start = n - lengths[i]
-        at = start
-        src = torch.cat([pre, vrows, post])
-        seg_len = [len(pre), len(vrows), len(post)]
         # fill: system rows, k visual rows (+ masked slots in mask mode), text rows
-        idx = at
-        for seg, count in zip((pre, vrows, post), seg_len, strict=True):
+        idx = start
+        for seg in (pre, vrows, post):
+            count = len(seg)
             if seg is vrows:
                 emb[i, idx : idx + count] = red.embeds.to(emb.dtype)
                 tt[i, idx : idx + count] = int(TokenType.VISUAL)
@@ -168,7 +166,6 @@ def apply_reduction(batch: Batch, reduced: list, mode: str = "drop") -> Batch:
             real = tt[i] != TokenType.PAD
             pos[0, i, real] = torch.arange(int(real.sum()))
             next_pos[i] = int(real.sum())
-        del src
     return Batch(
         embeds=emb, token_type=tt, positions=pos, next_position=next_pos, visual_index=vidx, visual_coords=coords,
         sample_ids=batch.sample_ids, vision_features=None, extras=dict(batch.extras, reduced=True),
