@@ -33,6 +33,7 @@ def _load_all() -> None:
     from harness.models.saisa import SAISA
     from harness.models.vica import ViCA
 
+    from .cdpruner import CDPruner
     from .dart import DART
     from .divprune import DivPrune
     from .fastervlm import FasterVLM
@@ -42,13 +43,14 @@ def _load_all() -> None:
     from .prumerge_plus import PruMergePlus
     from .random_drop import RandomDrop
     from .shortv import ShortV
+    from .tome import ToMe
     from .visionzip import VisionZip
     from .vispruner import VisPruner
     from .vtw import VTW
     from .yopo import YOPO, YOPOTextOnly
 
     for cls in (ViCA, SAISA, ShortV, YOPO, YOPOTextOnly, NAAViT, FastV, PDrop, VTW, DART, RandomDrop,
-                FasterVLM, VisionZip, VisPruner, PruMergePlus, DivPrune):  # fmt: skip
+                FasterVLM, VisionZip, VisPruner, PruMergePlus, DivPrune, CDPruner, ToMe):  # fmt: skip
         register(cls)
 
 

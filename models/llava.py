@@ -52,8 +52,9 @@ class LlavaBackbone(Backbone):
         feats = torch.cat([states[i] for i in wanted], dim=-1)
         w = max(wanted)
         # kept for pre-LLM methods that read the ViT's own attention (CLS row) or keys: the states
-        # entering and leaving the last layer whose output LLaVA uses (CLS included)
-        self._clip_states = {"layer": w - 1, "h_in": states[w - 1], "h_out": states[w]}
+        # entering and leaving the last layer whose output LLaVA uses (CLS included); and the input
+        # of layer 0, from which methods that change the tower's tokens (ToMe) run their own loop
+        self._clip_states = {"layer": w - 1, "h_embed": states[0], "h_in": states[w - 1], "h_out": states[w]}
         return feats, w, total
 
     def project(self, feats: torch.Tensor) -> torch.Tensor:
@@ -230,5 +231,5 @@ def _per_sample(clip: dict, img_rows: list[int], b: int) -> list[dict | None] | 
         return None
     out: list[dict | None] = [None] * b
     for j, row in enumerate(img_rows):
-        out[row] = {"layer": clip["layer"], "h_in": clip["h_in"][j], "h_out": clip["h_out"][j]}
+        out[row] = {key: v[j] if isinstance(v, torch.Tensor) else v for key, v in clip.items()}
     return out

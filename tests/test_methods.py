@@ -23,7 +23,7 @@ PARAMS = {
     "random": {"budget": 200, "layer": 1},
 }
 METHODS = [n for n in names()[1:] if n != "saisa"]  # saisa needs its own weights: tests/test_convert.py
-CLIP_METHODS = {"fastervlm", "visionzip", "vispruner", "prumerge_plus"}  # read the CLIP tower's attention
+CLIP_METHODS = {"fastervlm", "visionzip", "vispruner", "prumerge_plus", "tome"}  # read the CLIP tower
 
 
 def stack(name):

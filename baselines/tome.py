@@ -1,0 +1,125 @@
+"""ToMe inside the CLIP ViT: bipartite soft matching merges in the layers LLaVA uses (baselines.md 3.7).
+
+Token Merging (Bolya et al., ICLR 2023), per CLIP encoder layer l = 0 .. w-1 (w = LLaVA's feature
+layer: 0..22 on LLaVA-1.5, whose last layer is unused):
+1. x = x + attn(ln1(x)) with proportional attention: log(size) added to every key's logits.
+2. Bipartite soft matching on the layer's keys (mean over heads, L2-normalised): the tokens, in
+   order of their smallest original patch index (CLS first), alternate into A (even) and B (odd);
+   each a in A finds its most similar b in B (CLS is protected: never merged); the r_l edges with
+   the highest similarity merge a into b (ties: lower a first).  A merged token is the size-weighted
+   average x_b = (s_b x_b + sum s_a x_a) / (s_b + sum s_a); sizes add.
+3. x = x + mlp(ln2(x)).
+Schedule (seebench, published for LightCompress only as r = 16 per layer): n - k merges spread as
+evenly as possible over the w layers, earlier layers taking the remainder: on LLaVA-1.5 budget 192
+-> 384 merges (17 x 16 + 16 x 7), 128 -> 448, 64 -> 512.  A layer whose quota exceeds one round
+(|A| - 1 merges) repeats the matching on the merged tokens (their keys merged size-weighted too);
+this happens only in shallow test ViTs, never on the LLaVA-1.5 schedules.
+
+Output: the merged patch features of layer w-1 (CLS dropped, as LLaVA does) ordered by the smallest
+original patch index of each group, which is also the token's anchor (grid coordinate); then the
+projector.  Positions renumbered (pre-LLM policy); token sizes are not passed to the LLM.
+
+The tower is re-run here from its layer-0 input, which the LLaVA backbone keeps in
+``batch.extras["clip"]`` (the backbone's own dense ViT pass happens before any method is known);
+that second pass, with the layer weights called through ``F.linear``, is reported as overhead.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from harness.models.plan import ReducedVisual
+
+from .clip_attention import clip_state, project
+from .prellm import PreLLM
+
+
+def schedule(merges: int, layers: int) -> list[int]:
+    """Merges per layer: as even as possible, earlier layers get the remainder."""
+    return [merges // layers + (1 if i < merges % layers else 0) for i in range(layers)]
+
+
+def bipartite_merge(x, size, metric, first, r):
+    """One round of bipartite soft matching on tokens ordered by ``first`` (CLS first, at -1).
+
+    x [t, d] states, size [t] token sizes, metric [t, c] keys, first [t] smallest original index.
+    Merges r tokens of A into B; returns the four tensors for the t - r tokens, in ``first`` order.
+    """
+    m = F.normalize(metric, dim=-1)
+    scores = m[0::2] @ m[1::2].T  # [|A|, |B|]
+    scores[0] = -float("inf")  # CLS (position 0, in A) is never merged
+    best, dst = scores.max(-1)  # first maximum: ties toward the lower b
+    order = torch.sort(best, descending=True, stable=True).indices
+    src, stay = order[:r], order[r:]
+    dst = dst[src]
+
+    def merged(t, reduce="sum"):
+        a, b = t[0::2], t[1::2]
+        idx = dst.view(-1, *[1] * (t.dim() - 1)).expand_as(a[src])
+        if reduce == "amin":
+            b = b.scatter_reduce(0, idx, a[src], "amin")
+        else:
+            b = b.scatter_add(0, idx, a[src])
+        return torch.cat([a[stay], b])
+
+    w = size[:, None]
+    size_new = merged(size)
+    x_new = merged(x * w) / size_new[:, None]
+    metric_new = merged(metric * w) / size_new[:, None]
+    first_new = merged(first, "amin")
+    o = torch.argsort(first_new)
+    return x_new[o], size_new[o], metric_new[o], first_new[o]
+
+
+class ToMe(PreLLM):
+    name: ClassVar[str] = "tome"
+    description: ClassVar[str] = "token merging (bipartite soft matching) inside the CLIP ViT layers"
+
+    def reduce_one(self, bb, batch, i, k):
+        state = clip_state(batch, i, self.name)
+        layers = bb.model.model.vision_tower.encoder.layers[: state["layer"] + 1]
+        x = state["h_embed"]
+        t = x.shape[0]
+        size = x.new_ones(t)
+        first = torch.arange(-1, t - 1, device=x.device)
+        macs = 0.0
+        for layer, r in zip(layers, schedule(t - 1 - k, len(layers)), strict=True):
+            x, metric, cost = _attention(layer, x, size)
+            macs += cost
+            while r > 0:  # one round unless the quota exceeds |A| - 1 (shallow test ViTs)
+                n_a, n_b = (x.shape[0] + 1) // 2, x.shape[0] // 2
+                step = min(r, n_a - 1)  # CLS is in A and never merges
+                macs += float(n_a * n_b * metric.shape[1])
+                x, size, metric, first = bipartite_merge(x, size, metric, first, step)
+                r -= step
+            x, cost = _mlp(layer, x)
+            macs += cost
+        tokens, pmacs = project(bb, x[1:])
+        return ReducedVisual(tokens, first[1:]), macs + pmacs
+
+
+def _attention(layer, x, size):
+    """x + self-attention(ln1(x)) with log(size) added to the key logits; also the keys averaged over
+    heads [t, d_head] and the MACs."""
+    attn = layer.self_attn
+    h = layer.layer_norm1(x)
+    t, d = x.shape
+    heads = attn.num_heads
+
+    def split(w):
+        return F.linear(h, w.weight, w.bias).view(t, heads, d // heads).transpose(0, 1)[None]
+
+    q, k, v = split(attn.q_proj), split(attn.k_proj), split(attn.v_proj)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=size.log().view(1, 1, 1, t), scale=attn.scale)
+    o = F.linear(o[0].transpose(0, 1).reshape(t, d), attn.out_proj.weight, attn.out_proj.bias)
+    return x + o, k[0].mean(0), float(4 * t * d * d + 2 * t * t * d)
+
+
+def _mlp(layer, x):
+    mlp = layer.mlp
+    h = F.linear(layer.layer_norm2(x), mlp.fc1.weight, mlp.fc1.bias)
+    h = F.linear(mlp.activation_fn(h), mlp.fc2.weight, mlp.fc2.bias)
+    return x + h, float(2 * x.shape[0] * mlp.fc1.in_features * mlp.fc1.out_features)
