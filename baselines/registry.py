@@ -43,6 +43,7 @@ def _load_all() -> None:
     from .prumerge_plus import PruMergePlus
     from .random_drop import RandomDrop
     from .shortv import ShortV
+    from .sparsevlm import SparseVLM
     from .tome import ToMe
     from .visionzip import VisionZip
     from .vispruner import VisPruner
@@ -50,7 +51,8 @@ def _load_all() -> None:
     from .yopo import YOPO, YOPOTextOnly
 
     for cls in (ViCA, SAISA, ShortV, YOPO, YOPOTextOnly, NAAViT, FastV, PDrop, VTW, DART, RandomDrop,
-                FasterVLM, VisionZip, VisPruner, PruMergePlus, DivPrune, CDPruner, ToMe):  # fmt: skip
+                FasterVLM, VisionZip, VisPruner, PruMergePlus, DivPrune, CDPruner, ToMe,
+                SparseVLM):  # fmt: skip
         register(cls)
 
 

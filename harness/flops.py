@@ -369,6 +369,7 @@ def selector_overhead(
     """MACs of attention-score rows computed for selectors (README section 2.5)."""
     tt = batch.token_type[0]
     n_nv = int(((tt == TokenType.SYSTEM) | (tt == TokenType.TEXT)).sum())
+    n_sys = int((tt == TokenType.SYSTEM).sum())
     macs = 0.0
     before = int((tt == TokenType.VISUAL).sum())  # visual tokens entering the layer
     if plan.reducer is not None:
@@ -382,13 +383,17 @@ def selector_overhead(
         if lp.drop_before is not None and "attn_last" in lp.drop_before.needs:
             # layer's own q for the last token and k for every present token, then one logit row
             macs += g.hidden * g.q_width + present * g.hidden * g.kv_width + present * g.q_width
-        if lp.drop_after is not None and "attn_last" in lp.drop_after.needs:
+        if lp.drop_after is not None and {"attn_last", "attn_rows"} & lp.drop_after.needs:
             vis_key = lp.visual_kv or (lp.visual_query and lp.visual_attn != "none")
             keys = n_nv + (st.present[0] if vis_key else 0)
-            macs += keys * g.q_width  # q of the last row reused; one logit row over the layer's keys
+            # q of the scored rows reused (the last row, or the selector's text rows); one logit row each
+            macs += st.score_rows[0] * keys * g.q_width
         for sel, n_vis in ((lp.drop_before, present - n_nv), (lp.drop_after, st.present[0])):
             if sel is not None and hasattr(sel, "overhead_macs"):
                 macs += sel.overhead_macs(n_vis, g.hidden)
+            # costs that depend on the prompt's counts (visual tokens entering layer 0, text tokens)
+            if sel is not None and hasattr(sel, "sample_overhead_macs"):
+                macs += sel.sample_overhead_macs(n_vis, stats[0].present[0], n_nv - n_sys, g.hidden)
     return macs
 
 

@@ -5,8 +5,9 @@ grid coordinate.  Before each layer the plan may replace its state (``kv_source`
 (``drop_before``).  Inside the layer the plan decides whether it is a query (``visual_query``),
 which keys it sees (``visual_attn``), whether text sees it (``visual_kv``), which heads serve it
 (``visual_heads``) and how wide its FFN is (``visual_ffn``).  After the layer it may be dropped by
-a score computed inside the layer (``drop_after``).  The KV cache (``kv_cache.py``) keeps, per
-layer, exactly the entries a generated token may read.
+a score computed inside the layer (``drop_after``), or merged with other dropped tokens into a
+recycled token placed right after the kept ones (the selector's ``recycle``, SparseVLM).  The KV
+cache (``kv_cache.py``) keeps, per layer, exactly the entries a generated token may read.
 
 Two modes carry out the same plan:
 
@@ -20,7 +21,8 @@ Two modes carry out the same plan:
 No transformers internals are patched: the executor calls the HF submodules (``q_proj``,
 ``k_proj``, ``v_proj``, ``o_proj``, the norms, ``mlp`` and its projections, the rotary embedding,
 ``lm_head``) and PyTorch SDPA with boolean masks.  Attention scores are computed only for the rows
-a selector needs (e.g. the last prompt token), never by switching the model to eager attention.
+a selector needs (the last prompt token, or the text rows a selector names), never by switching the
+model to eager attention.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class LayerStats:
     ffn: list[int]  # visual tokens through the FFN
     rows_q: int = 0  # query rows computed (incl. padding slots): the work drop mode does
     rows_kv: int = 0  # key rows computed
+    score_rows: list[int] = field(default_factory=list)  # attention-score rows of a drop_after selector
 
 
 @dataclass
@@ -76,6 +79,7 @@ class _State:
     next_pos: torch.Tensor  # [B] position of the first generated token (changes on renumber)
     renumbered: bool = False
     log: list[str] = field(default_factory=list)
+    chosen_rows: dict = field(default_factory=dict)  # selector.rows -> its rows, once per prefill
 
     @property
     def m(self) -> int:
@@ -279,10 +283,13 @@ class Executor:
         out = out.transpose(1, 2).reshape(b, nq, H * d)
         upd = attn.o_proj(out)
 
+        scores = None
         if lp.drop_after is not None and "attn_last" in lp.drop_after.needs:
             scores = self._last_row_scores(q, k, mask, q_meta, attn.scaling)
-        else:
-            scores = None
+            stats[-1].score_rows = [1] * b
+        elif lp.drop_after is not None and "attn_rows" in lp.drop_after.needs:
+            scores, rows = self._text_row_scores(st, lp.drop_after, batch, q, k, mask, q_idx, attn.scaling)
+            stats[-1].score_rows = rows
 
         # residual update of the query rows
         if q_idx is None:
@@ -409,6 +416,39 @@ class Executor:
         logits = logits.masked_fill(~m, float("-inf"))
         return torch.softmax(logits, -1).mean(1)[:, 0]
 
+    def _text_row_scores(self, st: _State, sel, batch: Batch, q, k, mask, q_idx, scaling: float):
+        """Attention probabilities of the selector's score rows over this layer's keys: fp32 softmax
+        per head, mean over heads, then over the rows: [B, nk], and the row count per sample.  The
+        rows (per sample: indices into its text tokens T) come from ``sel.rows.choose(batch)``, once
+        per prefill; only these rows are computed, not the whole map."""
+        if sel.rows not in st.chosen_rows:
+            st.chosen_rows[sel.rows] = sel.rows.choose(batch)
+        b, H, nq, _ = q.shape
+        dev = q.device
+        text = st.alive & (st.ttype == int(TokenType.TEXT))
+        chosen = st.chosen_rows[sel.rows]
+        rows = [torch.nonzero(text[i]).flatten()[r.to(dev).long()] for i, r in enumerate(chosen)]
+        counts = [int(r.numel()) for r in rows]
+        if max(counts, default=0) == 0:
+            return q.new_zeros(b, k.shape[2], dtype=torch.float32), counts
+        qpos = torch.zeros(b, max(counts), dtype=torch.long, device=dev)  # each row's place in q
+        real = torch.zeros(b, max(counts), dtype=torch.bool, device=dev)
+        for i, r in enumerate(rows):
+            if q_idx is None:
+                qpos[i, : len(r)] = r
+            else:
+                look = torch.full((st.m,), -1, dtype=torch.long, device=dev)
+                look[q_idx[i]] = torch.arange(nq, device=dev)
+                qpos[i, : len(r)] = look[r]
+            real[i, : len(r)] = True
+        bi = torch.arange(b, device=dev)[:, None]
+        qr = q[bi, :, qpos].transpose(1, 2)  # [B, H, R, d]
+        logits = (qr.float() @ _expand_kv(k, H).float().transpose(-1, -2)) * scaling
+        allowed = mask.expand(-1, H, -1, -1)[bi, :, qpos].transpose(1, 2) | ~real[:, None, :, None]
+        probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), -1).mean(1)  # [B, R, nk]
+        weight = real.float() / real.sum(1, keepdim=True).clamp(min=1)
+        return (probs * weight[..., None]).sum(1), counts
+
     def _apply_selector(self, st: _State, li: int, lp: LayerPlan, sel, batch: Batch, *, when: str,
                         scores=None, keys=None) -> None:  # fmt: skip
         vis_rows = st.alive & (st.ttype == VIS)
@@ -421,7 +461,7 @@ class Executor:
             sample_ids=batch.sample_ids,
         )
         needs = sel.needs
-        if "attn_last" in needs:
+        if "attn_last" in needs or "attn_rows" in needs:
             if when == "after":
                 row_scores = scores  # [B, nk] over this layer's key rows
                 key_rows = self._key_rows(st, lp)
@@ -449,12 +489,37 @@ class Executor:
             ctx.text_hidden = [st.x[i, r] for i, r in enumerate(txt)]
             ctx.extra["final_norm"] = self.bb.norm
         chosen = sel.select(ctx)
+        merged = sel.recycle(ctx, chosen) if hasattr(sel, "recycle") else [None] * len(chosen)
         keep = st.alive & (st.ttype != VIS)
         for i, c in enumerate(chosen):
-            if c.numel():
-                keep[i, present[i][c.long()]] = True
-        st.log.append(f"layer {li} drop_{when}: kept {[int(c.numel()) for c in chosen]} visual")
+            rows = present[i][torch.sort(c.long()).values]
+            if merged[i] is not None and merged[i].embeds.shape[0]:
+                rows = self._place_merged(st, i, present[i], rows, merged[i])
+            keep[i, rows] = True
+        made = [0 if m is None else int(m.embeds.shape[0]) for m in merged]
+        kept = [int(c.numel()) for c in chosen]
+        st.log.append(f"layer {li} drop_{when}: kept {kept} visual, merged {made}")
         self._drop(st, keep, sel.positions)
+
+    def _place_merged(
+        self, st: _State, i: int, present: torch.Tensor, kept: torch.Tensor, red
+    ) -> torch.Tensor:
+        """Lay sample i's visual tokens out as [kept tokens, in order][merged tokens] in the first rows
+        of its present visual span (the rows keep their causal order, so the merged tokens come right
+        after the kept ones); each merged token takes its anchor's identity (original visual index,
+        grid coordinate, position ids).  Returns the rows now holding visual tokens."""
+        anchors = red.anchors.to(present.device).long()
+        hit = anchors[:, None] == st.vidx[i, present][None, :]
+        if not bool(hit.any(1).all()):
+            raise PlanError("a selector merged tokens into an anchor that is not a present visual token")
+        src = torch.cat([kept, present[hit.int().argmax(1)]])
+        host = present[: src.shape[0]]
+        x = torch.cat([st.x[i, kept], red.embeds.to(st.x.dtype)])
+        st.vidx[i, host] = st.vidx[i, src]
+        st.coords[i, host] = st.coords[i, src]
+        st.pos[:, i, host] = st.pos[:, i, src]
+        st.x[i, host] = x
+        return host
 
     def _key_rows(self, st: _State, lp: LayerPlan) -> torch.Tensor:
         """Row index (into the state) of each key column used in this layer [B, nk]."""

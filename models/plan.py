@@ -60,7 +60,8 @@ class SelectContext:
 
     ``visual_index``: original visual indices (0..n_visual-1 within the sample's image tokens) of
     the visual tokens present now.  ``scores``: for ``attn_last`` / ``attn_rows`` needs, the
-    attention probability mass on each present visual token (mean over heads and rows).
+    attention probability mass on each present visual token (mean over heads, then rows; the
+    ``attn_rows`` rows are the text rows the selector's ``rows.choose(batch)`` names).
     ``keys``: post-RoPE keys of the present visual tokens [n, heads*dim].  ``hidden``: the states
     the selector asked for (entering or leaving the layer) at the present visual tokens; the
     text rows are in ``text_hidden`` / ``text_keys``.
@@ -81,7 +82,15 @@ class SelectContext:
 @runtime_checkable
 class Selector(Protocol):
     """Chooses which present visual tokens survive.  Returns, per sample, positions *into*
-    ``ctx.visual_index`` (not original indices), in any order; the executor sorts them."""
+    ``ctx.visual_index`` (not original indices), in any order; the executor sorts them.
+
+    Optional parts: with the ``attn_rows`` need (``drop_after`` only) the selector has ``rows``, a
+    hashable object whose ``choose(batch)`` gives, per sample, indices into its text tokens T: the
+    query rows whose attention scores the visual tokens (evaluated once per prefill, shared by
+    selectors with equal ``rows``).  ``recycle(ctx, chosen)`` returns, per sample, ``None`` or a
+    :class:`ReducedVisual` of merged tokens (``anchors`` = original visual indices of present
+    tokens whose identity they take), placed right after the kept visual tokens (SparseVLM).
+    """
 
     needs: frozenset[str]
     positions: PositionPolicy
@@ -264,6 +273,13 @@ class VisualPlan:
                     raise PlanError(f"{where}: {name} must be a Selector (needs, positions, select())")
                 if sel is not None and sel.positions not in ("keep", "renumber"):
                     raise PlanError(f"{where}: {name}.positions must be 'keep' or 'renumber'")
+                if sel is not None and "attn_rows" in sel.needs:
+                    if name == "drop_before":
+                        raise PlanError(
+                            f"{where}: 'attn_rows' scores are computed inside a layer: use drop_after"
+                        )
+                    if not callable(getattr(getattr(sel, "rows", None), "choose", None)):
+                        raise PlanError(f"{where}: an 'attn_rows' selector needs rows with choose(batch)")
 
     def describe(self) -> list[str]:
         pre = [f"pre-llm {type(self.reducer).__name__}"] if self.reducer is not None else []

@@ -1,0 +1,187 @@
+"""SparseVLM (v1.0): text raters score the visual tokens inside chosen layers; deleted ones are recycled.
+
+Rule (baselines.md 2.3; v1.0 = the ``main`` branch code):
+
+1. Raters, once per prompt, on the LLM input embeddings: for each visual token a softmax over the
+   text tokens T (after the image) of the unscaled dot products H_V . H_T^T; the mean over visual
+   tokens is each text token's relevance; raters = the text tokens with relevance > the mean (all
+   of T when none is, e.g. a one-token question: seebench).
+2. Pruning layer l runs on the current set (attention, FFN and KV cache see every token).  Score of
+   a visual token = layer l's attention probability on it (fp32 softmax over all allowed keys), mean
+   over heads, then over raters; only the rater rows are computed.  The top k_s are kept (ties
+   toward the lower index) and the drop applies to layer l's output.
+3. Recycling: of the d deleted tokens, the top int(0.3 d) + 1 by score are clustered with DPC-kNN
+   into int(c / 10) + 1 clusters; each cluster's states (layer l's output) are averaged into one
+   token, placed right after the kept visual tokens, in the order of the cluster centres.  The next
+   stage's visual count is kept + clusters.
+   DPC-kNN: d_ij = ||x_i - x_j|| / sqrt(hidden); density rho_i = exp(-mean d^2 to its k nearest,
+   itself included, k = the cluster count as in the code); delta_i = distance to the nearest denser
+   token (the largest distance for the densest); centres = the top clusters by rho * delta; every
+   token joins its nearest centre.  Ties break toward the lower index: of two equally dense tokens
+   the lower-index one counts as denser (the code adds random noise to the densities instead).
+
+Published defaults (code ``score.py``): tokens kept after layers [2, 6, 15], of 576 visual tokens
+(other counts keep the same fraction), by ``budget`` (the authors' layer-averaged label):
+192 -> 300/200/110, 128 -> 303/110/36, 96 -> 238/48/26, 64 -> 66/30/17.  The code uses layers
+[2, 6, 15] for every LLaVA; decoders of 16 layers or fewer (tiny lab, test models) get
+round-half-up(l x L / 32), capped at L - 2.
+
+Positions: v1.0 renumbers.  After each stage the survivors (system, kept, merged, text) get
+contiguous ids 0..n-1 and generated tokens continue at the compacted length (README 2.3; M-RoPE
+keeps 3-D ids, a merged token takes its centre's).  Drop and mask modes: the executor writes the kept
+and merged tokens into the first rows of the visual span (rows keep their causal order) and drops
+(drop mode) or masks (mask mode) the rest, so both modes run the same sequence and drop == mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.models.method import Method, MethodError
+from harness.models.plan import ReducedVisual, SelectContext, VisualPlan
+
+from .common import check_layers, kept_count, top_k
+
+VISUAL, TEXT = 2, 3  # TokenType values
+LAYERS = (2, 6, 15)
+KEEP = {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17)}
+RECYCLE = 0.3  # share of the deleted tokens that are recycled (plus one)
+PER_CLUSTER = 10  # recycled tokens per cluster
+
+
+@dataclass(frozen=True)
+class TextRaters:
+    """Per sample: indices into its text tokens of the raters (relevance above the mean)."""
+
+    def choose(self, batch: Any) -> list[torch.Tensor]:
+        out = []
+        for i in range(batch.batch_size):
+            tt = batch.token_type[i]
+            hv = batch.embeds[i, tt == VISUAL].float()
+            ht = batch.embeds[i, tt == TEXT].float()
+            relevance = torch.softmax(hv @ ht.transpose(0, 1), dim=-1).mean(0)
+            raters = torch.nonzero(relevance > relevance.mean()).flatten()
+            out.append(raters if raters.numel() else torch.arange(ht.shape[0]))
+        return out
+
+
+def dpc_knn(x: torch.Tensor, clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Density-peak clustering with kNN density: (centre indices in centre order, cluster of each row)."""
+    x = x.float()
+    n = x.shape[0]
+    sq = (x * x).sum(-1)
+    d2 = (sq[:, None] + sq[None, :] - 2 * (x @ x.transpose(0, 1))).clamp(min=0) / x.shape[-1]
+    ids = torch.arange(n, device=x.device)
+    d2[ids, ids] = 0
+    dist = ((d2 + d2.transpose(0, 1)) / 2).sqrt()  # exactly symmetric: equal densities tie exactly
+    nearest = torch.sort(dist, dim=-1, stable=True).values[:, :clusters]
+    density = torch.exp(-(nearest**2).mean(-1))
+    # [i, j]: j is denser than i; equal densities: the lower index counts as denser
+    same = density[None, :] == density[:, None]
+    denser = (density[None, :] > density[:, None]) | (same & (ids[None, :] < ids[:, None]))
+    delta = torch.where(denser, dist, dist.max()).min(-1).values
+    centres = top_k(density * delta, clusters)
+    member = torch.sort(dist[:, centres], dim=-1, stable=True).indices[:, 0]
+    member[centres] = torch.arange(clusters, device=x.device)
+    return centres, member
+
+
+def recycled_counts(deleted: int) -> tuple[int, int]:
+    """(tokens recycled, clusters) for d deleted tokens."""
+    if deleted == 0:
+        return 0, 0
+    c = int(RECYCLE * deleted) + 1
+    return c, int(c / PER_CLUSTER) + 1
+
+
+@dataclass(frozen=True)
+class RaterTopK:
+    """One SparseVLM stage: keep the top ``keep`` (of 576) by rater attention, recycle the rest."""
+
+    keep: float
+    stage: int  # 0 = the first pruning layer (it also pays for choosing the raters)
+    positions: str = "renumber"
+    needs: frozenset = frozenset({"attn_rows", "hidden_out"})
+    rows: TextRaters = TextRaters()
+
+    def select(self, ctx: SelectContext) -> list[torch.Tensor]:
+        return [top_k(s, kept_count(self.keep, n)) for s, n in zip(ctx.scores, ctx.n_visual, strict=True)]
+
+    def recycle(self, ctx: SelectContext, chosen: list[torch.Tensor]) -> list[ReducedVisual | None]:
+        out: list[ReducedVisual | None] = []
+        for scores, hidden, index, kept in zip(ctx.scores, ctx.hidden, ctx.visual_index, chosen, strict=True):
+            deleted = torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device)
+            deleted[kept] = False
+            gone = torch.nonzero(deleted).flatten()
+            count, clusters = recycled_counts(gone.shape[0])
+            if not count:
+                out.append(None)
+                continue
+            pick = gone[top_k(scores[gone], count)]  # by score, highest first
+            x = hidden[pick].float()
+            centres, member = dpc_knn(x, clusters)
+            onehot = (member[None, :] == torch.arange(clusters, device=x.device)[:, None]).float()
+            merged = (onehot @ x) / onehot.sum(1, keepdim=True)
+            out.append(ReducedVisual(merged.to(hidden.dtype), index[pick[centres]]))
+        return out
+
+    def sample_overhead_macs(self, n_vis: int, n_visual: int, n_text: int, hidden: int) -> float:
+        """Raters (first stage: H_V . H_T^T) and recycling (pairwise distances, cluster means)."""
+        macs = float(n_visual * n_text * hidden) if self.stage == 0 else 0.0
+        c, m = recycled_counts(n_vis - min(kept_count(self.keep, n_visual), n_vis))
+        return macs + float(c * c * hidden + m * c * hidden)
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    budget: int = Field(192, description="layer-averaged label 192, 128, 96 or 64: the published keep lists")
+    keep: list[int] | None = Field(None, description="visual tokens kept after each pruning layer, of 576")
+    layers: list[int] | None = Field(None, description="pruning layers (default 2, 6, 15)")
+
+
+class SparseVLM(Method):
+    name: ClassVar[str] = "sparsevlm"
+    stage: ClassVar = "in-llm"
+    description: ClassVar[str] = (
+        "text-rater attention prunes visual tokens after layers 2/6/15; deleted tokens recycled (v1.0)"
+    )
+    Params: ClassVar[type[BaseModel]] = Params
+
+    def schedule(self, num_layers: int) -> tuple[list[int], list[int]]:
+        p = self.params
+        if p.keep is None and p.budget not in KEEP:
+            raise MethodError(
+                f"method 'sparsevlm': budget {p.budget} has no published schedule; use 192, 128, 96 or 64 or give keep"
+            )
+        keep = list(p.keep if p.keep is not None else KEEP[p.budget])
+        if any(k < 1 for k in keep):
+            raise MethodError(f"method 'sparsevlm': keep values must be >= 1, got {keep}")
+        if p.layers is not None:
+            layers = list(p.layers)
+        elif num_layers > LAYERS[-1] + 1:
+            layers = list(LAYERS)
+        else:
+            layers = [min(num_layers - 2, int(i * num_layers / 32 + 0.5)) for i in LAYERS]
+        check_layers("sparsevlm", "layers", layers, num_layers)
+        if any(a >= b for a, b in zip(layers, layers[1:], strict=False)):
+            hint = (
+                "" if p.layers is not None else f" (a {num_layers}-layer decoder is too shallow; give layers)"
+            )
+            raise MethodError(f"method 'sparsevlm': layers {layers} must be strictly increasing{hint}")
+        if len(keep) != len(layers):
+            raise MethodError(f"method 'sparsevlm': keep has {len(keep)} values for layers {layers}")
+        return layers, keep
+
+    def validate_for(self, backbone: Any) -> None:
+        self.schedule(backbone.num_layers)
+
+    def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
+        layers, keep = self.schedule(backbone.num_layers)
+        out = plan
+        for stage, (li, k) in enumerate(zip(layers, keep, strict=True)):
+            out = out.with_layer(li, replace(out.layers[li], drop_after=RaterTopK(k, stage)))
+        return out
