@@ -135,9 +135,17 @@ def synthetic_backbone(
     torch.manual_seed(seed)
     ffn = ffn or int(round(hidden * 11008 / 4096 / 64)) * 64
     kv_heads = kv_heads or (heads if geometry != "qwen2-vl" else max(1, heads // 4))  # Qwen2-VL is GQA
+    if geometry == "llava-1.5":
+        # CLIP ViT-L/14-336 width and patch grid (24 x 24), two layers: the feature layer (-2) and the
+        # unused last one.  The tower never runs in a timed pass; its weights serve the pre-LLM
+        # methods that read the ViT's CLS attention or keys (VisionZip, FasterVLM, ...).
+        vision = dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096, num_hidden_layers=2,
+                      num_attention_heads=16, image_size=336, patch_size=14)  # fmt: skip
+    else:
+        vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, image_size=28, patch_size=14)  # fmt: skip
     cfg = transformers.LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=2, image_size=28, patch_size=14),
+        vision_config=vision,
         text_config=dict(model_type="llama", hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
                          max_position_embeddings=8192),
@@ -157,6 +165,19 @@ def synthetic_batch(bb: Backbone, geometry: str, batch_size: int, seed: int = 0)
     n = s + v + t
     gen = torch.Generator().manual_seed(seed)
     embeds = torch.randn(batch_size, n, bb.hidden_size, generator=gen) * 0.5
+    extras: dict = {}
+    vc = bb.config.vision_config
+    if geometry == "llava-1.5" and (vc.image_size // vc.patch_size) ** 2 == v:
+        # random ViT states at the feature layer (CLS + 576 patches), as the LLaVA backbone keeps
+        # them; the visual embeddings are their projection, so CLIP-reading methods and the
+        # decoder see one consistent image
+        with torch.no_grad():
+            h_in = torch.randn(batch_size, v + 1, vc.hidden_size, generator=gen)
+            h_out = bb.model.model.vision_tower.encoder.layers[0](h_in, None)
+            embeds[:, s : s + v] = bb.project(h_out[:, 1:])
+        extras["clip"] = [
+            {"layer": 0, "h_embed": h_in[i], "h_in": h_in[i], "h_out": h_out[i]} for i in range(batch_size)
+        ]
     tt = torch.full((batch_size, n), int(TokenType.TEXT))
     tt[:, :s] = int(TokenType.SYSTEM)
     tt[:, s : s + v] = int(TokenType.VISUAL)
@@ -168,7 +189,7 @@ def synthetic_batch(bb: Backbone, geometry: str, batch_size: int, seed: int = 0)
     return Batch(
         embeds=embeds, token_type=tt, positions=torch.arange(n).expand(1, batch_size, n).clone(),
         next_position=torch.full((batch_size,), n), visual_index=vidx, visual_coords=coords,
-        sample_ids=[f"synthetic-{i}" for i in range(batch_size)],
+        sample_ids=[f"synthetic-{i}" for i in range(batch_size)], extras=extras,
     )  # fmt: skip
 
 

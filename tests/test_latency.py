@@ -80,3 +80,21 @@ def test_latency_cli_rejects_bad_input(capsys):
     assert "unknown geometry 'llava-9'" in capsys.readouterr().err
     assert main(["latency", "--geometry", "llava-1.5", "--plan", "kv_only=0-99", "--layers", "4"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_synthetic_llava15_keeps_clip_states_for_pre_llm_methods(small):
+    """The synthetic LLaVA-1.5 geometry carries ViT states at the feature layer (CLS + 24 x 24 patches)
+    whose projection is the visual input, so CLIP-reading methods (VisionZip) can be timed there."""
+    import torch
+
+    from harness.baselines.registry import build_stack
+    from harness.baselines.visionzip import VisionZip
+
+    bb, batch = small
+    clip = batch.extras["clip"]
+    assert len(clip) == 2 and clip[0]["h_out"].shape == (577, 1024) and clip[0]["layer"] == 0
+    vis = batch.token_type[0] == 2
+    torch.testing.assert_close(batch.embeds[0, vis], bb.project(clip[0]["h_out"][1:]))
+    reduced = VisionZip(budget=64).reduce(bb, batch)
+    assert [r.embeds.shape[0] for r in reduced] == [64, 64]
+    assert build_stack("visionzip", {"visionzip": {"budget": 64}}).plan(bb).reducer is not None
