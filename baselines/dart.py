@@ -45,7 +45,7 @@ class DuplicationPivots:
             t_piv = top_k(tkeys.float().abs().sum(-1), PIVOTS)
             hv = F.normalize(norm(hid).float(), dim=-1)
             ht = F.normalize(norm(thid).float(), dim=-1)
-            taken = torch.zeros(hid.shape[0], dtype=torch.bool)
+            taken = torch.zeros(hid.shape[0], dtype=torch.bool, device=hid.device)
             taken[v_piv] = True
             # pivots in ascending position order: visual pivots come before the text after the image
             pivots = [hv[i] for i in sorted(v_piv.tolist())] + [ht[i] for i in sorted(t_piv.tolist())]

@@ -27,10 +27,10 @@ class DivPrune(PreLLM):
         z = F.normalize(x.float(), dim=-1)
         dist = 1 - z @ z.T
         # indices stay tensors so the selection is part of the traced data flow (FLOPs counting)
-        nn_dist = dist + torch.eye(n) * 1e9
+        nn_dist = dist + torch.eye(n, dtype=dist.dtype, device=dist.device) * 1e9
         first = torch.argmax(nn_dist.min(1).values)
         chosen = [first]
-        taken = torch.zeros(n, dtype=torch.bool)
+        taken = torch.zeros(n, dtype=torch.bool, device=x.device)
         taken[first] = True
         min_d = dist[first].masked_fill(taken, -1.0)
         for _ in range(k - 1):

@@ -34,7 +34,7 @@ class PruMergePlus(PreLLM):
         attn, keys, macs = cls_attention(bb, state, last_layer=True)
         feats = state["h_out"][1:]
         n = int(feats.shape[0])
-        q1, q3 = torch.quantile(attn.float(), torch.tensor([0.25, 0.75]))
+        q1, q3 = torch.quantile(attn.float(), torch.tensor([0.25, 0.75], device=attn.device))
         outliers = (attn > q3 + 1.5 * (q3 - q1)).nonzero().flatten()
         budget = max(1, k - 1)
         if outliers.numel() > budget:
@@ -45,22 +45,25 @@ class PruMergePlus(PreLLM):
         grid = [
             r * side + c for r in range(0, side, stride) for c in range(0, side, stride) if r * side + c < n
         ]
-        grid_idx = torch.tensor([j for j in grid if j not in chosen], dtype=torch.long)
+        dev = attn.device
+        grid_idx = torch.tensor([j for j in grid if j not in chosen], dtype=torch.long, device=dev)
         fill = grid_idx[torch.sort(attn[grid_idx], descending=True, stable=True).indices][
             : budget - len(chosen)
         ]
-        keep = torch.sort(torch.cat([torch.tensor(sorted(chosen), dtype=torch.long), fill])).values
+        keep = torch.sort(
+            torch.cat([torch.tensor(sorted(chosen), dtype=torch.long, device=dev), fill])
+        ).values
         kn = F.normalize(keys.float(), dim=-1)
         sim = kn[keep] @ kn.T
         macs += float(keep.numel() * n * keys.shape[1])
-        sim[torch.arange(keep.numel()), keep] = -float("inf")
+        sim[torch.arange(keep.numel(), device=dev), keep] = -float("inf")
         nb = torch.topk(sim, min(NEIGHBOURS, n - 1), dim=1).indices  # [k-1, 32]
         weighted = feats * attn[:, None]
         merged = feats[keep] + weighted[nb].sum(1)
-        pruned = torch.ones(n, dtype=torch.bool)
+        pruned = torch.ones(n, dtype=torch.bool, device=dev)
         pruned[keep] = False
         summary = weighted[pruned].sum(0, keepdim=True)
         tokens = torch.cat([merged, summary]) if k > 1 else summary
-        anchors = torch.cat([keep, keep[-1:]]) if k > 1 else torch.zeros(1, dtype=torch.long)
+        anchors = torch.cat([keep, keep[-1:]]) if k > 1 else torch.zeros(1, dtype=torch.long, device=dev)
         x, pmacs = project(bb, tokens)
         return ReducedVisual(x, anchors), macs + pmacs

@@ -32,7 +32,8 @@ class RandomSubset:
         for sid, present, n in zip(ctx.sample_ids, ctx.visual_index, ctx.n_visual, strict=True):
             g = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{sid}".encode()))
             k = min(kept_count(self.budget, n), present.numel())
-            out.append(torch.randperm(present.numel(), generator=g)[:k])
+            # drawn on the CPU generator (the same tokens on every device), then moved to the data
+            out.append(torch.randperm(present.numel(), generator=g)[:k].to(present.device))
         return out
 
 

@@ -65,7 +65,7 @@ class TextRaters:
             ht = batch.embeds[i, tt == TEXT].float()
             relevance = torch.softmax(hv @ ht.transpose(0, 1), dim=-1).mean(0)
             raters = torch.nonzero(relevance > relevance.mean()).flatten()
-            out.append(raters if raters.numel() else torch.arange(ht.shape[0]))
+            out.append(raters if raters.numel() else torch.arange(ht.shape[0], device=ht.device))
         return out
 
 

@@ -35,16 +35,17 @@ class VisionZip(PreLLM):
         dominant = max(1, round(k * 54 / 64))
         contextual = k - dominant
         dom = torch.sort(top_k(attn, dominant - 1)).values
-        is_dom = torch.zeros(n, dtype=torch.bool)
+        dev = feats.device
+        is_dom = torch.zeros(n, dtype=torch.bool, device=dev)
         is_dom[dom] = True
-        rest = torch.arange(n)[~is_dom]  # stays in the traced data flow (FLOPs counting)
-        tokens, anchors = [cls, feats[dom]], [torch.zeros(1, dtype=torch.long), dom]
+        rest = torch.arange(n, device=dev)[~is_dom]  # stays in the traced data flow (FLOPs counting)
+        tokens, anchors = [cls, feats[dom]], [torch.zeros(1, dtype=torch.long, device=dev), dom]
         if contextual > 0 and rest.numel():
             c = min(contextual, rest.numel())
             step = rest.numel() / c
-            tgt_pos = torch.tensor([int(j * step) for j in range(c)])
+            tgt_pos = torch.tensor([int(j * step) for j in range(c)], device=dev)
             targets = rest[tgt_pos]
-            is_tgt = torch.zeros(rest.numel(), dtype=torch.bool)
+            is_tgt = torch.zeros(rest.numel(), dtype=torch.bool, device=dev)
             is_tgt[tgt_pos] = True
             others = rest[~is_tgt]
             kn = F.normalize(keys.float(), dim=-1)

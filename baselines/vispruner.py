@@ -39,9 +39,10 @@ class VisPruner(PreLLM):
         attn, _, macs = cls_attention(bb, state)
         n_imp = round(k * self.params.important_ratio)
         imp = top_k(attn, n_imp)
-        is_imp = torch.zeros(attn.numel(), dtype=torch.bool)
+        is_imp = torch.zeros(attn.numel(), dtype=torch.bool, device=attn.device)
         is_imp[imp] = True
-        remain = torch.arange(attn.numel())[~is_imp]  # index tensors keep the traced data flow
+        # index tensors keep the traced data flow
+        remain = torch.arange(attn.numel(), device=attn.device)[~is_imp]
         feats = F.normalize(state["h_out"][1:].float(), dim=-1)
         target = k - n_imp
         while remain.numel() > target:

@@ -271,18 +271,31 @@ def _flops_paper(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ latency
+def _latency_device(choice: str) -> str:
+    """--device auto|cpu|cuda -> the torch device to time on (one-line error without CUDA)."""
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise HarnessError("--device cuda: no CUDA device is visible; use --device cpu")
+    return choice
+
+
 def cmd_latency(args: argparse.Namespace) -> int:
     from harness.baselines.registry import build_stack
     from harness.models.backbone import collate
     from harness.models.method import MethodError
 
     from . import environment
+    from .backbones import DTYPES
     from .latency import GEOMETRIES, TimingConfig, measure, synthetic_backbone, synthetic_batch
     from .scenarios import verify_inputs
 
     chosen = [x for x in (args.geometry, args.model, args.random) if x]
     if len(chosen) != 1:
         raise HarnessError("give exactly one of --geometry NAME, a checkpoint directory, or --random FAMILY")
+    device = _latency_device(args.device)
     method = f"plan:{args.plan}" if args.plan else args.method
     if args.geometry:
         if args.geometry not in GEOMETRIES:
@@ -295,6 +308,9 @@ def cmd_latency(args: argparse.Namespace) -> int:
         bb = open_backbone(args.model or f"random:{args.random}")
         samples = verify_inputs(bb, args.batch, args.seed)
         batch = bb.encode(collate(bb, samples) if len(samples) > 1 else samples[0])
+    # built and encoded on the CPU in float32; then the model and the batch move together
+    bb.to(device, DTYPES[args.dtype])
+    batch = batch.to(device, DTYPES[args.dtype])
     try:
         plan = build_stack(method, _params(args.params)).plan(bb)
         timing = TimingConfig(
@@ -307,7 +323,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
     env = environment.capture()
     data = {
         "backbone": bb.source, "weights": bb.weights, "method": method, "mode": args.mode,
-        "geometry": args.geometry, "layers": bb.num_layers, "hidden": bb.hidden_size, **res.metrics,
+        "geometry": args.geometry, "layers": bb.num_layers, "hidden": bb.hidden_size,
+        "device": res.details["device"], "dtype": res.details["dtype"], **res.metrics,
         "machine": env["machine"], "cpu": env["cpu"], "gpu": env["gpu"], "visual_counts": res.details["visual_counts"],
         "prompt_lengths": res.details["prompt_lengths"],
     }  # fmt: skip
@@ -333,7 +350,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
     if "decode_p50_s" in m:
         rows += [["decode p50 per token (s)", f"{m['decode_p50_s']:.5f}"],
                  ["KV bytes per sample", f"{m['kv_bytes_per_sample']:.0f}" + (f" ({m['kv_ratio']:.1%} of dense)" if "kv_ratio" in m else "")]]  # fmt: skip
-    rows += [["batch / threads / repeats", f"{args.batch} / {int(m['threads'])} / {int(m['prefill_repeats'])}"],
+    rows += [["device / dtype", f"{res.details['device']} / {res.details['dtype']}"],
+             ["batch / threads / repeats", f"{args.batch} / {int(m['threads'])} / {int(m['prefill_repeats'])}"],
              ["peak memory (MiB)", f"{m['peak_memory_mib']:.0f}"]]  # fmt: skip
     print(f"{bb.source} ({bb.weights}), method {method}, mode {args.mode}")
     print(tabulate(rows, tablefmt="simple"))
@@ -587,6 +605,14 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--max-repeats", type=_positive("--max-repeats"), default=200)
     lt.add_argument("--min-time", type=float, default=2.0, help="minimum timed seconds per measurement")
     lt.add_argument("--no-dense", action="store_true", help="skip the dense baseline (no ratios)")
+    lt.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="cpu",
+        help="where to time (auto: cuda when visible); GPU timings use CUDA events + synchronize",
+    )  # fmt: skip
+    lt.add_argument(
+        "--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+        help="model and batch dtype for timing (default float32)",
+    )  # fmt: skip
     lt.add_argument("--seed", type=int, default=0)
     lt.add_argument("--json", action="store_true")
     lt.set_defaults(func=cmd_latency)

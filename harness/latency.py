@@ -1,8 +1,10 @@
 """Latency and memory: prefill (TTFT) and decode (TPOT) timed like a benchmark, not a stopwatch.
 
-Timers: on GPU, CUDA events around the call and ``torch.cuda.synchronize()`` (the code path exists
-and is guarded; this machine has no GPU); on CPU, ``time.perf_counter`` with a fixed, recorded torch
-thread count.  Every measurement runs warm-up calls first, then repeats until both a minimum count
+Timers: on GPU (``harness latency --device cuda``), CUDA events around the call and
+``torch.cuda.synchronize()``, peak memory from ``torch.cuda.max_memory_allocated`` reset before the
+first timed call; on CPU, ``time.perf_counter`` with a fixed, recorded torch thread count.  The
+device and dtype are the batch's: move the backbone (``Backbone.to``) and the batch (``Batch.to``)
+together.  Every measurement runs warm-up calls first, then repeats until both a minimum count
 and a minimum duration are reached (capped by a maximum count), and reports p50 / p90 / p99, mean
 and standard deviation of the samples.
 
@@ -172,9 +174,10 @@ def synthetic_batch(bb: Backbone, geometry: str, batch_size: int, seed: int = 0)
         # them; the visual embeddings are their projection, so CLIP-reading methods and the
         # decoder see one consistent image
         with torch.no_grad():
-            h_in = torch.randn(batch_size, v + 1, vc.hidden_size, generator=gen)
+            # drawn on the CPU generator (the same batch on every device), run where the model is
+            h_in = torch.randn(batch_size, v + 1, vc.hidden_size, generator=gen).to(bb.device, bb.dtype)
             h_out = bb.model.model.vision_tower.encoder.layers[0](h_in, None)
-            embeds[:, s : s + v] = bb.project(h_out[:, 1:])
+            embeds[:, s : s + v] = bb.project(h_out[:, 1:]).to(embeds)
         extras["clip"] = [
             {"layer": 0, "h_embed": h_in[i], "h_in": h_in[i], "h_out": h_out[i]} for i in range(batch_size)
         ]
@@ -186,11 +189,12 @@ def synthetic_batch(bb: Backbone, geometry: str, batch_size: int, seed: int = 0)
     coords = torch.full((batch_size, n, 3), -1)
     j = torch.arange(v)
     coords[:, s : s + v] = torch.stack([j // (grid * grid), (j // grid) % grid, j % grid], 1)
-    return Batch(
+    batch = Batch(
         embeds=embeds, token_type=tt, positions=torch.arange(n).expand(1, batch_size, n).clone(),
         next_position=torch.full((batch_size,), n), visual_index=vidx, visual_coords=coords,
         sample_ids=[f"synthetic-{i}" for i in range(batch_size)], extras=extras,
     )  # fmt: skip
+    return batch.to(bb.device, bb.dtype)
 
 
 # ------------------------------------------------------------------ one method vs dense
@@ -227,6 +231,8 @@ def measure(
     timing = timing or TimingConfig()
     batch = make_batch if isinstance(make_batch, Batch) else make_batch()
     device = batch.embeds.device
+    if device.type == "cuda":  # pragma: no cover - needs a GPU
+        torch.cuda.reset_peak_memory_stats(device)
     dense = VisualPlan.dense(bb.num_layers)
     plans = {"method": plan} | ({"dense": dense} if include_dense else {})
     metrics: dict[str, float] = {}
@@ -234,6 +240,7 @@ def measure(
         "timing": asdict(timing),
         "threads": torch.get_num_threads(),
         "device": device.type,
+        "dtype": str(batch.embeds.dtype).replace("torch.", ""),
     }
     flops: dict[str, float] = {}
     for key, p in plans.items():

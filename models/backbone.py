@@ -92,6 +92,18 @@ class Backbone:
     def device(self) -> torch.device:
         return self.embed_tokens.weight.device
 
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Backbone:
+        """Move the model (and any weights the backbone keeps beside it) to ``device``, casting
+        floating weights to ``dtype`` when given.  Encode on the CPU first, then move the model
+        and the batch (``Batch.to``): ``encode`` builds its index tensors on the CPU.  Rotary
+        ``inv_freq`` buffers stay float32, as ``from_pretrained(dtype=...)`` leaves them."""
+        rotary = [m for m in self.model.modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor)]
+        kept = [(m, n, b) for m in rotary for n, b in m.named_buffers(recurse=False) if b.is_floating_point()]
+        self.model.to(device=device, dtype=dtype)
+        for m, name, buf in kept:
+            setattr(m, name, buf.to(device=device))
+        return self
+
     def rope(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [B, N, d] for positions [P, B, N] (the family's own rotary module)."""
         return self.decoder.rotary_emb(x, positions[0])
@@ -275,6 +287,6 @@ def load_backbone(name_or_dir: str, dtype: torch.dtype = torch.float32, device: 
         tc = model.config.get_text_config()
         proj = load_projectors(
             path / "saisa_projectors.safetensors", d_vis, tc.hidden_size, tc.num_hidden_layers
-        )
+        ).to(device=device, dtype=dtype)  # with the model: visual_projection runs at its dtype
         return SaisaBackbone(model, proj, processor=processor, source=name_or_dir, weights=weights)
     return wrap(model, processor=processor, source=name_or_dir, weights=weights)

@@ -7,7 +7,7 @@ resolution, pre-LLM pruning).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from typing import Any
 
@@ -63,6 +63,12 @@ class Batch:
     def lengths(self) -> list[int]:
         return self.valid.sum(1).tolist()
 
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Batch:
+        """The batch on ``device``: every tensor field, ``vision_features`` and the tensors inside
+        ``extras`` (nested lists / dicts, e.g. the per-sample CLIP states) are moved; floating
+        tensors are cast to ``dtype`` when given, integer tensors are only moved."""
+        return Batch(**{f.name: _to(getattr(self, f.name), device, dtype) for f in fields(self)})
+
     def select(self, rows: list[int]) -> Batch:
         """The sub-batch of the given samples, re-padded to their own longest length."""
         lengths = self.valid[rows].sum(1)
@@ -83,6 +89,22 @@ class Batch:
             vision_features=feats,
             extras=extras,
         )
+
+
+def _to(obj: Any, device: torch.device | str, dtype: torch.dtype | None) -> Any:
+    """Move a tensor (or the tensors inside lists, tuples and dicts) to ``device``; floating
+    tensors are cast to ``dtype`` when one is given."""
+    if isinstance(obj, torch.Tensor):
+        if dtype is not None and obj.is_floating_point():
+            return obj.to(device=device, dtype=dtype)
+        return obj.to(device=device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device, dtype) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to(v, device, dtype) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_to(v, device, dtype) for v in obj)
+    return obj
 
 
 def token_types_from_ids(
@@ -131,18 +153,19 @@ def apply_reduction(batch: Batch, reduced: list, mode: str = "drop") -> Batch:
         pre = real[real < vis[0]] if vis.numel() else real
         post = real[real > vis[-1]] if vis.numel() else real[:0]
         k = red.embeds.shape[0]
-        vrows = vis[red.anchors.long()] if k else vis[:0]
+        vrows = vis[red.anchors.to(vis.device).long()] if k else vis[:0]
         rows.append((pre, vrows, post, red, int(vis.numel())))
     b, h = batch.batch_size, batch.embeds.shape[-1]
     full = mode == "mask"
     lengths = [len(p) + (nv if full else len(v)) + len(q) for p, v, q, _, nv in rows]
     n = max(lengths)
     P = batch.positions.shape[0]
+    dev = batch.embeds.device
     emb = batch.embeds.new_zeros(b, n, h)
-    tt = torch.zeros(b, n, dtype=batch.token_type.dtype)
-    pos = torch.zeros(P, b, n, dtype=torch.long)
-    vidx = torch.full((b, n), -1, dtype=torch.long)
-    coords = torch.full((b, n, 3), -1, dtype=torch.long)
+    tt = torch.zeros(b, n, dtype=batch.token_type.dtype, device=dev)
+    pos = torch.zeros(P, b, n, dtype=torch.long, device=dev)
+    vidx = torch.full((b, n), -1, dtype=torch.long, device=dev)
+    coords = torch.full((b, n, 3), -1, dtype=torch.long, device=dev)
     next_pos = batch.next_position.clone()
     for i, (pre, vrows, post, red, nv) in enumerate(rows):
         start = n - lengths[i]
@@ -151,9 +174,9 @@ def apply_reduction(batch: Batch, reduced: list, mode: str = "drop") -> Batch:
         for seg in (pre, vrows, post):
             count = len(seg)
             if seg is vrows:
-                emb[i, idx : idx + count] = red.embeds.to(emb.dtype)
+                emb[i, idx : idx + count] = red.embeds.to(device=dev, dtype=emb.dtype)
                 tt[i, idx : idx + count] = int(TokenType.VISUAL)
-                vidx[i, idx : idx + count] = torch.arange(count)
+                vidx[i, idx : idx + count] = torch.arange(count, device=dev)
                 coords[i, idx : idx + count] = batch.visual_coords[i, vrows]
                 pos[:, i, idx : idx + count] = batch.positions[:, i, vrows]
                 idx += count + ((nv - count) if full else 0)
@@ -164,7 +187,7 @@ def apply_reduction(batch: Batch, reduced: list, mode: str = "drop") -> Batch:
                 idx += count
         if P == 1:
             real = tt[i] != TokenType.PAD
-            pos[0, i, real] = torch.arange(int(real.sum()))
+            pos[0, i, real] = torch.arange(int(real.sum()), device=dev)
             next_pos[i] = int(real.sum())
     return Batch(
         embeds=emb, token_type=tt, positions=pos, next_position=next_pos, visual_index=vidx, visual_coords=coords,

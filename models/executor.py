@@ -155,12 +155,13 @@ class Executor:
         )
         if all_logits:
             n = batch.seq_len
-            full = torch.full((batch.batch_size, n, logits.shape[-1]), float("nan"))
+            dev = st.x.device
+            full = torch.full((batch.batch_size, n, logits.shape[-1]), float("nan"), device=dev)
             have = st.alive[:, :-1] & (st.ttype[:, :-1] != PAD)
             lg = bb.lm_head(bb.norm(st.x[:, :-1])).float()
             b_idx, r_idx = torch.nonzero(have, as_tuple=True)
             full[b_idx, st.order[b_idx, r_idx]] = lg[b_idx, r_idx]
-            mask = torch.zeros(batch.batch_size, n, dtype=torch.bool)
+            mask = torch.zeros(batch.batch_size, n, dtype=torch.bool, device=dev)
             mask[b_idx, st.order[b_idx, r_idx]] = True
             out.all_logits, out.text_logits_mask = full, mask
         return out
@@ -400,7 +401,7 @@ class Executor:
         """Hidden state of each sample's last real token, and its row index."""
         key = torch.where(st.alive, st.order, torch.full_like(st.order, -1))
         rows = key.argmax(1)
-        return st.x[torch.arange(st.x.shape[0]), rows][:, None], rows
+        return st.x[torch.arange(st.x.shape[0], device=st.x.device), rows][:, None], rows
 
     def _last_row_scores(self, q, k, mask, q_meta, scaling: float) -> torch.Tensor:
         """Attention probabilities of the last prompt token over this layer's keys, mean over
@@ -492,7 +493,7 @@ class Executor:
         merged = sel.recycle(ctx, chosen) if hasattr(sel, "recycle") else [None] * len(chosen)
         keep = st.alive & (st.ttype != VIS)
         for i, c in enumerate(chosen):
-            rows = present[i][torch.sort(c.long()).values]
+            rows = present[i][torch.sort(c.to(present[i].device).long()).values]
             if merged[i] is not None and merged[i].embeds.shape[0]:
                 rows = self._place_merged(st, i, present[i], rows, merged[i])
             keep[i, rows] = True
@@ -514,7 +515,7 @@ class Executor:
             raise PlanError("a selector merged tokens into an anchor that is not a present visual token")
         src = torch.cat([kept, present[hit.int().argmax(1)]])
         host = present[: src.shape[0]]
-        x = torch.cat([st.x[i, kept], red.embeds.to(st.x.dtype)])
+        x = torch.cat([st.x[i, kept], red.embeds.to(device=st.x.device, dtype=st.x.dtype)])
         st.vidx[i, host] = st.vidx[i, src]
         st.coords[i, host] = st.coords[i, src]
         st.pos[:, i, host] = st.pos[:, i, src]
@@ -708,8 +709,9 @@ def _scores_for_rows(row_scores: torch.Tensor, key_rows: torch.Tensor, present: 
 
 
 def _rows_lookup(values: torch.Tensor, key_rows: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    pos = torch.full((int(max(key_rows.max(), rows.max() if rows.numel() else 0)) + 2,), -1, dtype=torch.long)
-    pos[key_rows] = torch.arange(key_rows.numel())
+    size = int(max(key_rows.max(), rows.max() if rows.numel() else 0)) + 2
+    pos = torch.full((size,), -1, dtype=torch.long, device=key_rows.device)
+    pos[key_rows] = torch.arange(key_rows.numel(), device=key_rows.device)
     found = pos[rows]
     if bool((found < 0).any()):
         raise PlanError("a selector asked for keys of tokens that are not keys in this layer")

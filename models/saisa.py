@@ -35,14 +35,20 @@ class SaisaBackbone(LlavaBackbone):
         """The global projector's output would be overwritten in layer 0: it is not computed."""
         return feats.new_zeros(*feats.shape[:-1], self.hidden_size)
 
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> SaisaBackbone:
+        super().to(device, dtype)
+        self.projectors.to(device=device, dtype=dtype)
+        return self
+
     def visual_projection(self, layer: int, batch, vidx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         feats = batch.vision_features
         out = x.clone()
         proj = self.projectors[layer]
+        w = proj[0].weight  # the projector's own device and dtype (the model's, after load or .to)
         for i, f in enumerate(feats):
             rows = (vidx[i] >= 0).nonzero().flatten()
             if rows.numel():
-                out[i, rows] = proj(f[vidx[i, rows]].to(x.dtype))
+                out[i, rows] = proj(f[vidx[i, rows]].to(device=w.device, dtype=w.dtype)).to(x.dtype)
         return out
 
     def describe(self) -> dict[str, Any]:
