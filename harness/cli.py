@@ -283,6 +283,8 @@ def _latency_device(choice: str) -> str:
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
+    import torch
+
     from harness.baselines.registry import build_stack
     from harness.models.backbone import collate
     from harness.models.method import MethodError
@@ -300,7 +302,10 @@ def cmd_latency(args: argparse.Namespace) -> int:
     if args.geometry:
         if args.geometry not in GEOMETRIES:
             raise HarnessError(f"unknown geometry '{args.geometry}': use one of {', '.join(GEOMETRIES)}")
-        bb = synthetic_backbone(args.geometry, layers=args.layers, hidden=args.hidden, heads=args.heads)
+        # random weights are drawn where they will run: a 7B-geometry decoder initialises in seconds
+        # on a GPU, minutes on the CPU (the GPU's random stream differs: weights are random-init)
+        with torch.device(device):
+            bb = synthetic_backbone(args.geometry, layers=args.layers, hidden=args.hidden, heads=args.heads)
         batch = synthetic_batch(bb, args.geometry, args.batch, args.seed)
     else:
         from .backbones import open_backbone

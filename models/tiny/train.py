@@ -18,7 +18,13 @@ prefix, each question block attends to the prefix and to itself only (block-diag
 block at the positions it would have alone), so one image forward serves several supervised
 answers and the decoder sees the same scene from several angles (an auxiliary "answer every kind
 on the same scene" loss); (c) the single-attribute existence form (POPE-like) replaces the
-conjunctions the notes could not learn.
+conjunctions the notes could not learn; (d) multiple choice is a two-hop question (find the object,
+then the option that names its attribute, then that option's letter) and stayed at chance until
+each hop had its own signal: in layer 0 every option word attends to its letter ("A . red":
+red -> A) and its output names that letter, and in the last layer one fixed head attends from the
+answer to the correct option word.  The earlier "best of the heads" form of that last loss was
+gamed: each head sat on one option slot (A, B, C, D), so one of them always scored while none
+compared the options with the object.
 """
 
 from __future__ import annotations
@@ -166,7 +172,7 @@ def extra_questions(sample: shapes.Sample, rng: random.Random, k: int) -> list[t
         text = T["mc"].format(question=q, a=options[0], b=options[1], c=options[2], d=options[3])
         return text, shapes.OPTION_LETTERS[letter], where
 
-    makers = [exist_color, exist_shape, attr_color, attr_shape, count, spatial, read, mc]
+    makers = [exist_color, exist_shape, attr_color, attr_shape, count, spatial, read, mc, mc]  # mc: two hops
     out: list[tuple[str, str, Cells]] = []
     seen = {sample.question}
     for _ in range(4 * k):
@@ -191,6 +197,7 @@ class Packed:
     captions: torch.Tensor | None = None  # [B, 144, 3] word ids (colour, shape/glyph, quadrant), -100 = none
     is_answer: torch.Tensor | None = None  # [Q] True: answer row; False: the EOS row after an answer
     options: torch.Tensor | None = None  # [Q, N] multiple choice: position of the correct option word
+    copies: torch.Tensor | None = None  # [M, 3] (batch, option-word row, its letter's row) of every option
     tasks: list[str] = field(default_factory=list)
     pixels: torch.Tensor | None = None
 
@@ -215,7 +222,7 @@ def pack(
     input_ids = torch.zeros(b, n, dtype=torch.long)
     positions = torch.zeros(b, n, dtype=torch.long)
     block_id = torch.full((b, n), -2, dtype=torch.long)  # -1 prefix, >=0 question block, -2 pad
-    answer_rows, answers, tasks, targets, is_answer, option = [], [], [], [], [], []
+    answer_rows, answers, tasks, targets, is_answer, option, copies = [], [], [], [], [], [], []
     letters = {VOCAB[x] for x in shapes.OPTION_LETTERS}
     dot = VOCAB["."]
     for i, blocks in enumerate(rows):
@@ -238,6 +245,10 @@ def pack(
                 tgt[img0 + r * shapes.GRID + c] = True
             targets.append(tgt)
             opt = torch.zeros(n, dtype=torch.bool)
+            # "A . red": the option word's row, and its letter's row (only options have this pattern)
+            copies += [
+                (i, at + k + 2, at + k) for k in range(m - 2) if toks[k] in letters and toks[k + 1] == dot
+            ]
             if VOCAB[ans] in letters:  # multiple choice: the correct option's word ("A . red" -> red)
                 for k in range(m - 2):
                     if toks[k] == VOCAB[ans] and toks[k + 1] == dot:
@@ -267,18 +278,21 @@ def pack(
     return Packed(
         input_ids=input_ids, positions=positions, mask=allowed[:, None], answer_rows=torch.tensor(answer_rows),
         answers=torch.tensor(answers), targets=torch.stack(targets), captions=captions,
-        is_answer=torch.tensor(is_answer), options=torch.stack(option), tasks=tasks, pixels=pixel_values(shapes.stack_images(samples)),
+        is_answer=torch.tensor(is_answer), options=torch.stack(option),
+        copies=torch.tensor(copies, dtype=torch.long).reshape(-1, 3), tasks=tasks, pixels=pixel_values(shapes.stack_images(samples)),
     )  # fmt: skip
 
 
 def forward_packed(
-    model, batch: Packed, aux_layers: Sequence[int] = (), caption: bool = False
+    model, batch: Packed, aux_layers: Sequence[int] = (), caption: bool = False, copy_layer: int | None = None
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Logits at every question's last token [Q, V] (HF submodules, our block mask).
 
     With ``aux_layers``, also the attention-supervision loss: in each listed layer, the best head's
     attention mass from the answer token onto the question's target cells, as -log(mass), averaged
-    over questions that have targets (training only)."""
+    over questions that have targets (training only).  With ``copy_layer``, in that layer every
+    multiple-choice option word also learns to attend to its own letter ("A . red": red -> A), so
+    that its state carries the letter the last supervised layer must read out."""
     lm = model.model.language_model
     emb = lm.embed_tokens(batch.input_ids)
     feats = model.model.get_image_features(pixel_values=batch.pixels).pooler_output
@@ -290,13 +304,26 @@ def forward_packed(
     aux = h.new_zeros(())
     for li, layer in enumerate(lm.layers):
         if li in aux_layers:
-            # the last supervised layer reads the correct option word of a multiple-choice
-            # question (its state holds the letter before it); the others find the object
-            targets = batch.targets
-            if li == max(aux_layers):
-                mc = batch.options.any(-1, keepdim=True)
-                targets = torch.where(mc, batch.options, batch.targets)
-            aux = aux + _attention_mass_loss(layer, h, batch, cos_sin, targets)
+            # the object's cells, read by the best head; in the last supervised layer a
+            # multiple-choice question instead reads the correct option word (its state holds the
+            # letter before it) with one fixed head: with "best head" each head could sit on one
+            # option slot (A, B, C, D) and always score, without ever comparing the options
+            mc = batch.options.any(-1) if li == max(aux_layers) else torch.zeros_like(batch.is_answer)
+            obj = batch.targets.any(-1) & ~mc
+            losses = [
+                _attention_mass_loss(
+                    layer, h, batch.mask, cos_sin, batch.answer_rows[obj], batch.targets[obj]
+                ),
+                _attention_mass_loss(
+                    layer, h, batch.mask, cos_sin, batch.answer_rows[mc], batch.options[mc], 0
+                ),
+            ]
+            aux = aux + torch.cat(losses).mean() if bool((obj | mc).any()) else aux
+        if li == copy_layer and len(batch.copies):
+            onehot = F.one_hot(batch.copies[:, 2], h.shape[1]).bool()
+            aux = (
+                aux + _attention_mass_loss(layer, h, batch.mask, cos_sin, batch.copies[:, :2], onehot).mean()
+            )
         h = layer(h, attention_mask=batch.mask, position_embeddings=cos_sin)
     rows = h[batch.answer_rows[:, 0], batch.answer_rows[:, 1]]
     logits = model.lm_head(lm.norm(rows))
@@ -313,19 +340,31 @@ def forward_packed(
             / 3
         )
         aux = aux + cap
-    if aux_layers or caption:
+    if copy_layer is not None and len(batch.copies):
+        # and every option word's own output names its letter, as object tokens name their
+        # colour: the last supervised layer then only has to pass that state on
+        opt = model.lm_head(lm.norm(h[batch.copies[:, 0], batch.copies[:, 1]]))
+        aux = aux + F.cross_entropy(opt, batch.input_ids[batch.copies[:, 0], batch.copies[:, 2]])
+    if aux_layers or caption or copy_layer is not None:
         return logits, aux
     return logits
 
 
 def _attention_mass_loss(
-    layer, h: torch.Tensor, batch: Packed, cos_sin, targets: torch.Tensor
+    layer,
+    h: torch.Tensor,
+    mask: torch.Tensor,
+    cos_sin,
+    rows: torch.Tensor,
+    targets: torch.Tensor,
+    head: int | None = None,
 ) -> torch.Tensor:
+    """Per query row (batch, row): -log of the attention mass onto its targets, of the best head
+    (or of ``head``)."""
     attn = layer.self_attn
-    has = targets.any(-1)
-    if not bool(has.any()):
-        return h.new_zeros(())
-    bi, ri = batch.answer_rows[has, 0], batch.answer_rows[has, 1]
+    if not len(rows):
+        return h.new_zeros((0,))
+    bi, ri = rows[:, 0], rows[:, 1]
     hn = layer.input_layernorm(h)
     b, n, _ = hn.shape
     hd = attn.head_dim
@@ -342,10 +381,10 @@ def _attention_mass_loss(
     rep = q.shape[1] // k.shape[2]
     k = k.repeat_interleave(rep, dim=2)
     logits = torch.einsum("qhd,qnhd->qhn", q, k) * attn.scaling
-    allowed = batch.mask[bi, 0, ri]  # [Q, N]
+    allowed = mask[bi, 0, ri]  # [Q, N]
     probs = torch.softmax(logits.masked_fill(~allowed[:, None], float("-inf")), -1)
-    mass = (probs * targets[has][:, None].to(probs.dtype)).sum(-1)  # [Q, H]
-    return -torch.log(mass.max(-1).values + 1e-6).mean()
+    mass = (probs * targets[:, None].to(probs.dtype)).sum(-1)  # [Q, H]
+    return -torch.log((mass.max(-1).values if head is None else mass[:, head]) + 1e-6)
 
 
 # ------------------------------------------------------------------ recipe
@@ -363,6 +402,7 @@ class StageSpec:
     aux_layers: tuple[int, ...] = ()  # attention supervision (train-only auxiliary loss)
     aux_weight: float = 0.0
     caption: bool = False  # per-object-token caption loss (train-only auxiliary loss)
+    copy_layer: int | None = None  # option word -> its letter attention supervision (train-only)
     eos: bool = True  # learn to stop after the one-word answer
 
 
@@ -380,7 +420,7 @@ class Recipe:
         def n(steps: int) -> int:
             return max(1, int(round(steps * scale)))
 
-        qa = dict(extras=5, aux_layers=(6, 7), aux_weight=1.0, caption=True)
+        qa = dict(extras=5, aux_layers=(6, 7), aux_weight=1.0, caption=True, copy_layer=0)
         glyph_heavy = {t: (3.0 if t == "shapes_read" else 1.0) for t in shapes.TASKS}
         return cls(
             seed=seed,
@@ -449,7 +489,7 @@ def train_vision(model, st: StageSpec, seed: int, log, bar) -> dict[str, float]:
             acc = float((pred[obj] == labels[obj]).float().mean()) if obj.any() else 1.0
         log({"stage": st.name, "step": step, "loss": float(loss.detach()), "object_patch_acc": acc})
         bar.update(1)
-        bar.set_postfix(stage=st.name, loss=f"{float(loss):.3f}", patch_acc=f"{acc:.3f}")
+        bar.set_postfix(stage=st.name, loss=f"{float(loss.detach()):.3f}", patch_acc=f"{acc:.3f}")
     return {"object_patch_acc": acc}
 
 
@@ -476,7 +516,7 @@ def train_qa(model, st: StageSpec, seed: int, log, bar, evaluate_fn=None, eval_e
         extras = [extra_questions(s, random.Random(seed * 1_000_003 + s.seed), st.extras) for s in samples]
         batch = pack(samples, extras, eos=st.eos)
         if st.aux_weight > 0:
-            logits, aux = forward_packed(model, batch, st.aux_layers, st.caption)
+            logits, aux = forward_packed(model, batch, st.aux_layers, st.caption, st.copy_layer)
             loss = F.cross_entropy(logits, batch.answers) + st.aux_weight * aux
         else:
             logits, aux = forward_packed(model, batch), torch.zeros(())
@@ -495,13 +535,13 @@ def train_qa(model, st: StageSpec, seed: int, log, bar, evaluate_fn=None, eval_e
             {
                 "stage": st.name,
                 "step": step,
-                "loss": float(loss),
+                "loss": float(loss.detach()),
                 "train_acc": acc,
                 "questions": len(batch.answers),
             }
         )
         bar.update(1)
-        bar.set_postfix(stage=st.name, loss=f"{float(loss):.3f}", acc=f"{np.mean(window[-50:]):.3f}")
+        bar.set_postfix(stage=st.name, loss=f"{float(loss.detach()):.3f}", acc=f"{np.mean(window[-50:]):.3f}")
         if evaluate_fn is not None and eval_every and (step + 1) % eval_every == 0:
             model.eval()
             res = evaluate_fn(model)
