@@ -17,7 +17,9 @@ scenarios:
 
 
 def _records(out: Path) -> dict[str, str]:
-    return {p.name: p.read_text() for p in sorted(out.glob("*.json"))}
+    """Finished records; a ``.tmp-*.json`` left by the killed cell in flight is not one (the
+    harness's loaders skip it, as here)."""
+    return {p.name: p.read_text() for p in sorted(out.glob("*.json")) if not p.name.startswith(".tmp-")}
 
 
 def test_killed_run_resumes_only_unfinished_cells(tmp_path):
@@ -37,13 +39,12 @@ def test_killed_run_resumes_only_unfinished_cells(tmp_path):
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 240
-    while time.time() < deadline and not (out.exists() and list(out.glob("*.json"))):
+    while time.time() < deadline and not (out.exists() and _records(out)):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     first = _records(out)
     assert 1 <= len(first) < 6, f"the kill must land midway (got {len(first)} records)"
-    assert not list(out.glob(".tmp-*")) or True  # a temp file of the cell in flight may remain
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     second = _records(out)
