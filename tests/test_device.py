@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from method_params import CLIP_METHODS, PARAMS
 
 from harness.baselines.registry import build_stack, names
 from harness.cli import main
@@ -13,16 +14,6 @@ from harness.models.backbone import collate
 from harness.models.executor import Executor
 from harness.models.random_models import build_random, ragged_samples
 
-# parameters that make each method act on a 4-layer, 36-visual-token model (as in test_methods.py)
-PARAMS = {
-    "shortv": {"layers": [3, 1]},
-    "fastv": {"budget": 200},
-    "dart": {"budget": 300},
-    "pdrop": {"layer_list": [8, 16, 24], "lam": 0.5},
-    "vtw": {"k": 2},
-    "random": {"budget": 200, "layer": 1},
-}
-CLIP_METHODS = {"fastervlm", "visionzip", "vispruner", "prumerge_plus", "tome"}
 METHODS = ["dense", "fastv", "pdrop", "visionzip", "divprune", "sparsevlm", "shortv", "plan:t2v=0,2"]
 LATENCY = ["latency", "--geometry", "llava-1.5", "--layers", "2", "--hidden", "128", "--heads", "4",
            "--batch", "1", "--min-repeats", "1", "--max-repeats", "1", "--warmup", "0", "--min-time", "0",

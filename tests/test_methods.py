@@ -3,6 +3,7 @@ built from each method's definition; parameter and stack validation."""
 
 import pytest
 import torch
+from method_params import CLIP_METHODS, PARAMS
 
 from harness.baselines.registry import build_stack, names
 from harness.flops import flops_cell
@@ -13,17 +14,7 @@ from harness.models.plan import DENSE_LAYER, KeepVisual, VisualPlan
 from harness.models.random_models import ragged_samples
 from harness.models.verify import TOLERANCE, verify_plan
 
-# parameters that make each method act on a 4-layer, 36-visual-token model
-PARAMS = {
-    "shortv": {"layers": [3, 1]},
-    "fastv": {"budget": 200},
-    "dart": {"budget": 300},
-    "pdrop": {"layer_list": [8, 16, 24], "lam": 0.5},
-    "vtw": {"k": 2},
-    "random": {"budget": 200, "layer": 1},
-}
 METHODS = [n for n in names()[1:] if n != "saisa"]  # saisa needs its own weights: tests/test_convert.py
-CLIP_METHODS = {"fastervlm", "visionzip", "vispruner", "prumerge_plus", "tome"}  # read the CLIP tower
 
 
 def stack(name):
