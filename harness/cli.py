@@ -104,9 +104,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.plan:
         return _print_plan(suite, parse_shard(args.shard))
     out = Path(args.out or f"out/{suite.name}")
+    # cells that time nothing use every core unless --threads / SEEBENCH_THREADS says otherwise
+    explicit = args.threads is not None or "SEEBENCH_THREADS" in os.environ
     summary = run_suite(
-        suite, out, force=args.force, shard=parse_shard(args.shard), progress=not args.no_progress
-    )
+        suite, out, force=args.force, shard=parse_shard(args.shard), progress=not args.no_progress,
+        work_threads=None if explicit else (os.cpu_count() or 1),
+    )  # fmt: skip
     _print_run(summary, out)
     return 1 if summary.failed else 0
 
@@ -370,16 +373,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.what != "tiny-llava":
         raise HarnessError(f"harness train knows 'tiny-llava', got '{args.what}'")
-    if args.arch != "dense":
-        raise HarnessError(f"--arch {args.arch}: only 'dense' is trainable in this version")
+    from harness.models.tiny.train import ARCHES
+
+    if args.arch not in ARCHES:
+        raise HarnessError(f"--arch {args.arch}: use one of {', '.join(ARCHES)}")
     if args.scale <= 0:
         raise HarnessError(f"--scale must be > 0, got {args.scale}")
     if args.threads is None:  # training uses every core unless told otherwise (timing uses 1)
         import torch
 
         torch.set_num_threads(os.cpu_count() or 1)
-    out = Path(args.out) if args.out else CHECKPOINT_DIR / "tiny-llava"
-    summary = train_tiny(out, Recipe.default(seed=args.seed, scale=args.scale), progress=not args.no_progress)
+    out = (
+        Path(args.out)
+        if args.out
+        else CHECKPOINT_DIR / ("tiny-llava" + ("" if args.arch == "dense" else f"-{args.arch}"))
+    )
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise HarnessError("--device cuda: no CUDA device is visible; use --device cpu")
+    recipe = Recipe.default(seed=args.seed, scale=args.scale, arch=args.arch)
+    summary = train_tiny(out, recipe, progress=not args.no_progress, device=device)
     print(
         json.dumps(
             {"out": str(out), "wall_time_s": summary["wall_time_s"], "eval_ci": summary["eval_ci"]}, indent=2
@@ -631,7 +651,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--scale", type=float, default=1.0, help="fraction of the recipe's steps (CI smoke: 0.01)"
     )
-    tr.add_argument("--arch", default="dense", help="dense (ViCA / SAISA variants come with their methods)")
+    tr.add_argument(
+        "--arch",
+        default="dense",
+        help="dense, vica or saisa (same recipe and budget, that structure in training)",
+    )
+    tr.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to train (default cpu)"
+    )
     tr.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=cmd_train)
 

@@ -53,6 +53,7 @@ class Backbone:
         self.processor = processor
         self.source = source
         self.weights = weights  # "pretrained" or "random-init"
+        self.info: dict[str, Any] = {}  # the checkpoint's seebench.json (architecture, method defaults)
         self.config = model.config
         self.text_config = model.config.get_text_config()
         self.decoder = model.model.language_model
@@ -288,5 +289,8 @@ def load_backbone(name_or_dir: str, dtype: torch.dtype = torch.float32, device: 
         proj = load_projectors(
             path / "saisa_projectors.safetensors", d_vis, tc.hidden_size, tc.num_hidden_layers
         ).to(device=device, dtype=dtype)  # with the model: visual_projection runs at its dtype
-        return SaisaBackbone(model, proj, processor=processor, source=name_or_dir, weights=weights)
-    return wrap(model, processor=processor, source=name_or_dir, weights=weights)
+        bb = SaisaBackbone(model, proj, processor=processor, source=name_or_dir, weights=weights)
+    else:
+        bb = wrap(model, processor=processor, source=name_or_dir, weights=weights)
+    bb.info = info
+    return bb

@@ -4,7 +4,8 @@ Text reads them only in the T2V layers, through the layer's own input norm and k
 the projector output (``kv_source="fixed"``), at original positions; elsewhere text cannot see them;
 only T2V layers cache visual K/V; decode continues at the full multimodal length.  ViCA-7B
 checkpoints never query the system prefix (FFN kept): ``system_query_layers`` (default: none for 7B,
-all for 3B/13B).  Needs ViCA-trained weights; on stock weights it is a labelled ablation.
+all for 3B/13B).  A checkpoint trained as ViCA here (``harness train tiny-llava --arch vica``) names its
+T2V layers in ``seebench.json`` (``{"vica": {"t2v_layers": [...]}}``); they are the default for it.  Needs ViCA-trained weights; on stock weights it is a labelled ablation.
 """
 
 from __future__ import annotations
@@ -51,8 +52,11 @@ class ViCA(Method):
     def layers(self, backbone: Any) -> list[int]:
         key = PUBLISHED.get((backbone.family, backbone.num_layers, backbone.hidden_size))
         t2v = self.params.t2v_layers
-        if t2v is None:
-            t2v = T2V_LAYERS.get(key or "") or _default_t2v(backbone.num_layers)
+        if (
+            t2v is None
+        ):  # the checkpoint's own list (a ViCA-trained tiny model), a published one, or the default
+            t2v = (getattr(backbone, "info", {}).get("vica") or {}).get("t2v_layers")
+            t2v = t2v or T2V_LAYERS.get(key or "") or _default_t2v(backbone.num_layers)
         bad = [i for i in t2v if not 0 <= i < backbone.num_layers]
         if bad:
             raise MethodError(

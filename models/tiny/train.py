@@ -24,7 +24,14 @@ each hop had its own signal: in layer 0 every option word attends to its letter 
 red -> A) and its output names that letter, and in the last layer one fixed head attends from the
 answer to the correct option word.  The earlier "best of the heads" form of that last loss was
 gamed: each head sat on one option slot (A, B, C, D), so one of them always scored while none
-compared the options with the object.
+compared the options with the object; (e) objects are read in layers 4-5 and the option in layer 7:
+with both in layers 6-7 the answer token had to turn the object's attribute into a query for the
+option word within one layer, and the same recipe, trained twice on different hardware, ended
+once at 0.78 and once at 1.00 on multiple choice; with a layer in between every task was learned
+by step 2000 of align (GPU exploration of four variants, 2026-11-22; see the model card).
+
+``--arch vica|saisa`` trains the same stages under that method's structure (``Structure``): the
+equivalence tests check the training forward against the executor running the method.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ VOCAB = {w: i for i, w in enumerate(tk.vocabulary())}
 PREFIX_WORDS = (tk.BOS_TOKEN + " " + tk.SYSTEM_PROMPT + " USER :").split()
 IMAGE_ID = VOCAB[tk.IMAGE_TOKEN]
 EVAL_MIX = {t: 1.0 for t in shapes.TASKS}
+ARCHES = ("dense", "vica", "saisa")
+VICA_T2V = (0, 1, 2, 3)  # ViCA-7B's shape on 8 layers: the first two and an early middle band
 
 
 def ids(text: str) -> list[int]:
@@ -201,6 +210,11 @@ class Packed:
     tasks: list[str] = field(default_factory=list)
     pixels: torch.Tensor | None = None
 
+    def to(self, device: torch.device | str) -> Packed:
+        """The same batch with every tensor on ``device``."""
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
+        return Packed(**moved)
+
 
 def pack(
     samples: Sequence[shapes.Sample], extras: Sequence[list[tuple[str, str, Cells]]], eos: bool = False
@@ -283,8 +297,33 @@ def pack(
     )  # fmt: skip
 
 
+@dataclass
+class Structure:
+    """How visual tokens move through the decoder in training (the same rules the executor runs for
+    the ``vica`` and ``saisa`` methods, here as masks on the packed batch).
+
+    ``dense``: every token is a query and goes through every sublayer.  ``vica``: visual states stay
+    the projector output in every layer (no self-attention or FFN update); text reads them, through
+    each layer's own input norm and K/V projections, only in ``t2v`` layers.  ``saisa``: before every
+    layer the visual states are re-projected from the raw vision features by that layer's projector
+    (``projectors[l]``); they are keys and values only (their outputs are never read)."""
+
+    kind: str = "dense"
+    t2v: tuple[int, ...] = ()
+    projectors: torch.nn.ModuleList | None = None
+
+
+DENSE = Structure()
+
+
 def forward_packed(
-    model, batch: Packed, aux_layers: Sequence[int] = (), caption: bool = False, copy_layer: int | None = None
+    model,
+    batch: Packed,
+    aux_layers: Sequence[int] = (),
+    caption: bool = False,
+    copy_layer: int | None = None,
+    option_layer: int | None = None,
+    structure: Structure = DENSE,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Logits at every question's last token [Q, V] (HF submodules, our block mask).
 
@@ -295,51 +334,71 @@ def forward_packed(
     that its state carries the letter the last supervised layer must read out."""
     lm = model.model.language_model
     emb = lm.embed_tokens(batch.input_ids)
-    feats = model.model.get_image_features(pixel_values=batch.pixels).pooler_output
-    feats = torch.stack(list(feats))  # [B, 144, h]
     vis = batch.input_ids == IMAGE_ID
-    emb = emb.masked_scatter(vis[..., None], feats.to(emb.dtype))
+    img0 = len(PREFIX_WORDS)
+    if structure.kind == "saisa":  # the global projector's output would be overwritten in layer 0
+        raw = _vision_features(model, batch.pixels)  # [B, 144, d_vis]
+    else:
+        feats = model.model.get_image_features(pixel_values=batch.pixels).pooler_output
+        feats = torch.stack(list(feats))  # [B, 144, h]
+        emb = emb.masked_scatter(vis[..., None], feats.to(emb.dtype))
     h = emb
     cos_sin = lm.rotary_emb(h, batch.positions)
     aux = h.new_zeros(())
+    # text rows cannot read visual columns (ViCA outside its T2V layers); visual rows still see the
+    # system prefix, so no row is empty
+    blind = batch.mask & ~vis[:, None, None, :] if structure.kind == "vica" else batch.mask
+    fixed_states: list[torch.Tensor] = []  # the visual states layers read (caption loss of vica/saisa)
+    opt_layer = option_layer if option_layer is not None else (max(aux_layers) if aux_layers else None)
     for li, layer in enumerate(lm.layers):
-        if li in aux_layers:
-            # the object's cells, read by the best head; in the last supervised layer a
-            # multiple-choice question instead reads the correct option word (its state holds the
-            # letter before it) with one fixed head: with "best head" each head could sit on one
-            # option slot (A, B, C, D) and always score, without ever comparing the options
-            mc = batch.options.any(-1) if li == max(aux_layers) else torch.zeros_like(batch.is_answer)
-            obj = batch.targets.any(-1) & ~mc
+        mask = batch.mask
+        if structure.kind == "vica":
+            h = torch.where(vis[..., None], emb, h)
+            mask = batch.mask if li in structure.t2v else blind
+            if li == 0:
+                fixed_states.append(emb[:, img0 : img0 + tk.NUM_IMAGE_TOKENS])
+        elif structure.kind == "saisa":
+            pv = structure.projectors[li](raw).to(h.dtype)
+            h = h.masked_scatter(vis[..., None], pv)
+            fixed_states.append(pv)
+        if li in aux_layers or li == opt_layer:
+            # the object's cells, read by the best head; in the option layer a multiple-choice
+            # question instead reads the correct option word (its state holds the letter before
+            # it) with one fixed head: with "best head" each head could sit on one option slot
+            # (A, B, C, D) and always score, without ever comparing the options
+            none = torch.zeros_like(batch.is_answer)
+            mc = batch.options.any(-1) if li == opt_layer else none
+            obj = batch.targets.any(-1) & ~mc if li in aux_layers else none
             losses = [
-                _attention_mass_loss(
-                    layer, h, batch.mask, cos_sin, batch.answer_rows[obj], batch.targets[obj]
-                ),
-                _attention_mass_loss(
-                    layer, h, batch.mask, cos_sin, batch.answer_rows[mc], batch.options[mc], 0
-                ),
+                _attention_mass_loss(layer, h, mask, cos_sin, batch.answer_rows[obj], batch.targets[obj]),
+                _attention_mass_loss(layer, h, mask, cos_sin, batch.answer_rows[mc], batch.options[mc], 0),
             ]
             aux = aux + torch.cat(losses).mean() if bool((obj | mc).any()) else aux
         if li == copy_layer and len(batch.copies):
             onehot = F.one_hot(batch.copies[:, 2], h.shape[1]).bool()
-            aux = (
-                aux + _attention_mass_loss(layer, h, batch.mask, cos_sin, batch.copies[:, :2], onehot).mean()
-            )
-        h = layer(h, attention_mask=batch.mask, position_embeddings=cos_sin)
+            aux = aux + _attention_mass_loss(layer, h, mask, cos_sin, batch.copies[:, :2], onehot).mean()
+        h = layer(h, attention_mask=mask, position_embeddings=cos_sin)
     rows = h[batch.answer_rows[:, 0], batch.answer_rows[:, 1]]
     logits = model.lm_head(lm.norm(rows))
     if aux_layers:
-        aux = aux / len(aux_layers)
+        aux = aux / len(set(aux_layers) | {opt_layer})
     if caption:
-        img0 = len(PREFIX_WORDS)
-        vis = model.lm_head(lm.norm(h[:, img0 : img0 + tk.NUM_IMAGE_TOKENS]))  # [B, 144, V]
+        # every object token names its colour, shape/glyph and quadrant: for dense the decoder's
+        # last visual states, for vica/saisa the states the layers read (their outputs are unused)
+        states = fixed_states or [h[:, img0 : img0 + tk.NUM_IMAGE_TOKENS]]
         tgt = batch.captions
-        cap = (
-            sum(
-                F.cross_entropy(vis.flatten(0, 1), tgt[..., k].flatten(), ignore_index=-100) for k in range(3)
+        cap = h.new_zeros(())
+        for st in states:
+            v = model.lm_head(lm.norm(st))  # [B, 144, V]
+            cap = (
+                cap
+                + sum(
+                    F.cross_entropy(v.flatten(0, 1), tgt[..., k].flatten(), ignore_index=-100)
+                    for k in range(3)
+                )
+                / 3
             )
-            / 3
-        )
-        aux = aux + cap
+        aux = aux + cap / len(states)
     if copy_layer is not None and len(batch.copies):
         # and every option word's own output names its letter, as object tokens name their
         # colour: the last supervised layer then only has to pass that state on
@@ -403,6 +462,7 @@ class StageSpec:
     aux_weight: float = 0.0
     caption: bool = False  # per-object-token caption loss (train-only auxiliary loss)
     copy_layer: int | None = None  # option word -> its letter attention supervision (train-only)
+    option_layer: int | None = None  # where MC reads its correct option (None: the last aux layer)
     eos: bool = True  # learn to stop after the one-word answer
 
 
@@ -412,15 +472,30 @@ class Recipe:
     model: TinyConfig = field(default_factory=TinyConfig)
     stages: list[StageSpec] = field(default_factory=list)
     eval_every: int = 500
+    arch: str = "dense"  # dense | vica | saisa (Structure)
+    t2v_layers: tuple[int, ...] = ()  # vica: the layers where text reads visual K/V
 
     @classmethod
-    def default(cls, seed: int = 0, scale: float = 1.0) -> Recipe:
-        """The committed recipe (about 45 minutes on 2 idle cores); ``scale`` shortens every stage."""
+    def default(cls, seed: int = 0, scale: float = 1.0, arch: str = "dense") -> Recipe:
+        """The committed recipe (about 50 minutes on 2 idle cores); ``scale`` shortens every stage.
+
+        ``arch`` trains the same stages, steps and data under another structure (same budget):
+        ``vica`` reads objects in its T2V layers (ViCA-7B's shape: the first layers and an early
+        middle band), ``saisa`` adds one projector per layer."""
+        if arch not in ARCHES:
+            raise ValueError(f"unknown arch '{arch}': use one of {', '.join(ARCHES)}")
 
         def n(steps: int) -> int:
             return max(1, int(round(steps * scale)))
 
-        qa = dict(extras=5, aux_layers=(6, 7), aux_weight=1.0, caption=True, copy_layer=0)
+        # objects are read in layers 4-5, the correct option in layer 7 (a layer in between to turn
+        # the object's attribute into a query for the option word): on the GPU this learned every
+        # task by step 2000 of align, where reading both in layers 6-7 took until 2500 (MC last)
+        qa = dict(extras=5, aux_layers=(4, 5), aux_weight=1.0, caption=True, copy_layer=0, option_layer=7)
+        t2v: tuple[int, ...] = ()
+        if arch == "vica":  # objects can only be read in T2V layers
+            t2v = VICA_T2V
+            qa.update(aux_layers=VICA_T2V[-2:])
         glyph_heavy = {t: (3.0 if t == "shapes_read" else 1.0) for t in shapes.TASKS}
         return cls(
             seed=seed,
@@ -430,14 +505,17 @@ class Recipe:
                 StageSpec("finetune", n(600), 4e-4, 16, vision_lr=1e-4, warmup=20, **qa),
             ],
             eval_every=500 if scale >= 1 else 10**9,
+            arch=arch,
+            t2v_layers=t2v,
         )
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "seed": self.seed,
-            "model": self.model.as_dict(),
-            "stages": [asdict(st) for st in self.stages],
-        }
+        out = {"seed": self.seed, "model": self.model.as_dict(), "stages": [asdict(st) for st in self.stages]}
+        if self.arch != "dense":
+            out["arch"] = self.arch
+        if self.t2v_layers:
+            out["t2v_layers"] = list(self.t2v_layers)
+        return out
 
 
 def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -461,16 +539,18 @@ def _vision_features(model, pixels: torch.Tensor) -> torch.Tensor:
     return out.hidden_states[model.config.vision_feature_layer][:, 1:]
 
 
-def train_vision(model, st: StageSpec, seed: int, log, bar) -> dict[str, float]:
-    heads = VisionHeads(model.config.vision_config.hidden_size)
+def train_vision(
+    model, st: StageSpec, seed: int, log, bar, device: torch.device | str = "cpu"
+) -> dict[str, float]:
+    heads = VisionHeads(model.config.vision_config.hidden_size).to(device)
     params = list(model.model.vision_tower.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=st.lr, weight_decay=0.0)
-    grid = torch.arange(shapes.NUM_CELLS)
+    grid = torch.arange(shapes.NUM_CELLS, device=device)
     acc = 0.0
     for step in range(st.steps):
         samples = shapes.make_batch(10_000_000 + step, st.batch, tasks=st.tasks)
-        labels = torch.as_tensor(shapes.stack_cell_labels(samples)).reshape(len(samples), -1)
-        feats = _vision_features(model, pixel_values(shapes.stack_images(samples)))
+        labels = torch.as_tensor(shapes.stack_cell_labels(samples)).reshape(len(samples), -1).to(device)
+        feats = _vision_features(model, pixel_values(shapes.stack_images(samples)).to(device))
         loss = F.cross_entropy(heads.cls(feats).flatten(0, 1), labels.flatten())
         loss = loss + 0.2 * F.cross_entropy(
             heads.row(feats).flatten(0, 1), (grid // shapes.GRID).repeat(len(samples))
@@ -493,12 +573,16 @@ def train_vision(model, st: StageSpec, seed: int, log, bar) -> dict[str, float]:
     return {"object_patch_acc": acc}
 
 
-def train_qa(model, st: StageSpec, seed: int, log, bar, evaluate_fn=None, eval_every: int = 0) -> None:
+def train_qa(
+    model, st: StageSpec, seed: int, log, bar, evaluate_fn=None, eval_every: int = 0,
+    structure: Structure = DENSE, device: torch.device | str = "cpu",
+) -> None:  # fmt: skip
     for p in model.parameters():
         p.requires_grad_(False)
+    extra = list(structure.projectors.parameters()) if structure.projectors is not None else []
     groups = [
         {"params": list(model.model.multi_modal_projector.parameters()) + list(model.model.language_model.parameters())
-         + list(model.lm_head.parameters()), "lr": st.lr, "base": st.lr},
+         + list(model.lm_head.parameters()) + extra, "lr": st.lr, "base": st.lr},
     ]  # fmt: skip
     if st.vision_lr > 0:
         groups.append(
@@ -514,12 +598,14 @@ def train_qa(model, st: StageSpec, seed: int, log, bar, evaluate_fn=None, eval_e
     for step in range(st.steps):
         samples = shapes.make_batch(offset + step, st.batch, tasks=st.tasks, curriculum=cur)
         extras = [extra_questions(s, random.Random(seed * 1_000_003 + s.seed), st.extras) for s in samples]
-        batch = pack(samples, extras, eos=st.eos)
+        batch = pack(samples, extras, eos=st.eos).to(device)
         if st.aux_weight > 0:
-            logits, aux = forward_packed(model, batch, st.aux_layers, st.caption, st.copy_layer)
+            logits, aux = forward_packed(
+                model, batch, st.aux_layers, st.caption, st.copy_layer, st.option_layer, structure
+            )
             loss = F.cross_entropy(logits, batch.answers) + st.aux_weight * aux
         else:
-            logits, aux = forward_packed(model, batch), torch.zeros(())
+            logits = forward_packed(model, batch, structure=structure)
             loss = F.cross_entropy(logits, batch.answers)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, st.steps, g["base"], st.warmup)
@@ -554,7 +640,11 @@ def train_qa(model, st: StageSpec, seed: int, log, bar, evaluate_fn=None, eval_e
 
 
 def evaluate(
-    model, split: str = "ci", tasks: Sequence[str] = shapes.TASKS, batch: int = 40
+    model,
+    split: str = "ci",
+    tasks: Sequence[str] = shapes.TASKS,
+    batch: int = 40,
+    structure: Structure = DENSE,
 ) -> dict[str, float]:
     """Greedy first-token accuracy per task (the answer is one token)."""
     out = {}
@@ -566,8 +656,8 @@ def evaluate(
             correct = 0
             for i in range(0, len(samples), batch):
                 chunk = samples[i : i + batch]
-                packed = pack(chunk, [[] for _ in chunk])
-                pred = forward_packed(model, packed).argmax(-1)
+                packed = pack(chunk, [[] for _ in chunk]).to(model.device)
+                pred = forward_packed(model, packed, structure=structure).argmax(-1)
                 correct += int((pred == packed.answers).sum())
             out[task] = correct / len(samples)
     model.train(was)
@@ -575,9 +665,15 @@ def evaluate(
 
 
 def train_tiny(
-    out_dir: Path, recipe: Recipe | None = None, progress: bool = True, eval_split: str = "ci"
+    out_dir: Path,
+    recipe: Recipe | None = None,
+    progress: bool = True,
+    eval_split: str = "ci",
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """Run every stage and save the checkpoint (HF save_pretrained) plus processor and log."""
+    """Run every stage and save the checkpoint (HF save_pretrained) plus processor and log; a
+    ``saisa`` recipe also saves its per-layer projectors (``saisa_projectors.safetensors``), a
+    ``vica`` recipe names its T2V layers in ``seebench.json``: the loader and methods read both."""
     from tqdm import tqdm
 
     recipe = recipe or Recipe.default()
@@ -594,33 +690,58 @@ def train_tiny(
         log_f.write(json.dumps(entry) + "\n")
 
     model = build_model(recipe.model, seed=recipe.seed)
+    structure = Structure(recipe.arch, tuple(recipe.t2v_layers))
+    if recipe.arch == "saisa":
+        from harness.models.saisa import make_projectors
+
+        torch.manual_seed(recipe.seed + 1)
+        cfg = model.config
+        structure.projectors = make_projectors(
+            cfg.vision_config.hidden_size, cfg.text_config.hidden_size, cfg.text_config.num_hidden_layers
+        )
+        structure.projectors.to(device)
+    model.to(device)
     model.train()
     total = sum(st.steps for st in recipe.stages)
-    summary: dict[str, Any] = {"recipe": recipe.as_dict()}
+    summary: dict[str, Any] = {"recipe": recipe.as_dict(), "device": str(torch.device(device))}
+
+    def evaluate_fn(m):
+        return evaluate(m, eval_split, structure=structure)
+
     with tqdm(total=total, disable=not progress, desc="train tiny-llava", dynamic_ncols=True) as bar:
         for st in recipe.stages:
             if st.name == "vision":
-                summary["vision"] = train_vision(model, st, recipe.seed, log, bar)
+                summary["vision"] = train_vision(model, st, recipe.seed, log, bar, device)
             else:
-                train_qa(
-                    model, st, recipe.seed, log, bar, lambda m: evaluate(m, eval_split), recipe.eval_every
-                )
+                train_qa(model, st, recipe.seed, log, bar, evaluate_fn, recipe.eval_every, structure, device)
     model.eval()
     summary["wall_time_s"] = round(time.time() - t0, 1)
-    summary["eval_" + eval_split] = evaluate(model, eval_split)
+    summary["eval_" + eval_split] = evaluate_fn(model)
     log({"final": summary["eval_" + eval_split]})
     log_f.close()
+    model.to("cpu")
     model.save_pretrained(out_dir)
     tk.save_processor(out_dir)
     from .model import file_sha256
 
-    meta = {
+    meta: dict[str, Any] = {
         "weights": "pretrained",
-        "trained_by": "harness train tiny-llava",
+        "trained_by": "harness train tiny-llava"
+        + ("" if recipe.arch == "dense" else f" --arch {recipe.arch}"),
         "generator": shapes.GENERATOR_VERSION,
         "sha256": {"model.safetensors": file_sha256(out_dir / "model.safetensors")},
-        **summary,
     }
+    if recipe.arch == "saisa":
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in structure.projectors.state_dict().items()}
+        save_file(state, str(out_dir / "saisa_projectors.safetensors"))
+        meta["architecture"] = "saisa"
+        meta["sha256"]["saisa_projectors.safetensors"] = file_sha256(out_dir / "saisa_projectors.safetensors")
+    elif recipe.arch == "vica":
+        meta["architecture"] = "vica"
+        meta["vica"] = {"t2v_layers": list(recipe.t2v_layers)}
+    meta.update(summary)
     (out_dir / "seebench.json").write_text(json.dumps(meta, indent=2))
     (out_dir / "README.md").write_text(model_card(meta))
     return summary
@@ -636,10 +757,16 @@ def model_card(meta: dict[str, Any]) -> str:
     )
     evals = meta.get("eval_ci", {})
     acc = "\n".join(f"| {t} | {v:.3f} |" for t, v in evals.items())
-    return f"""# tiny-llava (seebench embedded default)
+    arch = rec.get("arch", "dense")
+    title = "tiny-llava (seebench embedded default)" if arch == "dense" else f"tiny-llava-{arch} (seebench)"
+    if arch == "vica":
+        title += f"\n\nThe {arch.upper()} structure in training: text reads visual K/V only in layers {rec['t2v_layers']}."
+    elif arch == "saisa":
+        title += "\n\nThe SAISA structure in training: one projector per decoder layer (`saisa_projectors.safetensors`)."
+    return f"""# {title}
 
 A `LlavaForConditionalGeneration` trained from scratch on the procedural `shapes` suite
-({meta["generator"]}) by `{meta["trained_by"]}` (seed {rec["seed"]}, wall time {meta["wall_time_s"]} s).
+({meta["generator"]}) by `{meta["trained_by"]}` (seed {rec["seed"]}, on {meta.get("device", "cpu")}, wall time {meta["wall_time_s"]} s).
 Model: {rec["model"]}.
 
 | stage | steps | batch (scenes) | lr | extra questions / scene | attention supervision | caption loss |

@@ -1,0 +1,110 @@
+"""The structures `harness train tiny-llava --arch` trains under are the ones the executor runs.
+
+For dense, vica and saisa: the packed training forward (masks over the full sequence) gives the
+same answer logits as the executor with the matching method, in drop and mask mode, on a ragged
+batch; the checkpoint's own files (T2V list, per-layer projectors) are what the loader and the
+method read back."""
+
+import json
+
+import pytest
+import torch
+
+from harness.baselines.registry import build_stack
+from harness.cli import main
+from harness.models.backbone import load_backbone
+from harness.models.executor import Executor
+from harness.models.saisa import SaisaBackbone, make_projectors
+from harness.models.tiny import shapes
+from harness.models.tiny import tokenizer as tk
+from harness.models.tiny import train as T
+from harness.models.tiny.model import TinyConfig, build_model
+
+
+def _checkpoint(tmp_path, arch: str):
+    """A random-init tiny model saved the way train_tiny saves a checkpoint of ``arch``."""
+    cfg = TinyConfig()
+    model = build_model(cfg, seed=3)
+    out = tmp_path / arch
+    model.save_pretrained(out)
+    tk.save_processor(out)
+    meta = {"weights": "random-init", "architecture": arch}
+    structure = T.Structure(arch)
+    if arch == "vica":
+        meta["vica"] = {"t2v_layers": [1, 4]}
+        structure.t2v = (1, 4)
+    if arch == "saisa":
+        from safetensors.torch import save_file
+
+        torch.manual_seed(4)
+        proj = make_projectors(cfg.vit_hidden, cfg.hidden, cfg.layers)
+        save_file(
+            {k: v.contiguous() for k, v in proj.state_dict().items()},
+            str(out / "saisa_projectors.safetensors"),
+        )
+        structure.projectors = proj
+    (out / "seebench.json").write_text(json.dumps(meta))
+    return model, structure, out
+
+
+@pytest.mark.parametrize("arch", ["dense", "vica", "saisa"])
+def test_training_structure_equals_executor(tmp_path, arch):
+    model, structure, path = _checkpoint(tmp_path, arch)
+    bb = load_backbone(str(path))
+    assert isinstance(bb, SaisaBackbone) == (arch == "saisa")
+    samples = shapes.generate_split("shapes_mc", "ci")[:2] + shapes.generate_split("shapes_count", "ci")[:2]
+    with torch.no_grad():
+        ref = T.forward_packed(model.eval(), T.pack(samples, [[] for _ in samples]), structure=structure)
+        inputs = bb.build_inputs([tk.PROMPT_TEMPLATE.format(question=s.question) for s in samples],
+                                 [s.image for s in samples])  # fmt: skip
+        assert inputs["attention_mask"].min() == 0  # ragged: left padding in the executor's batch
+        batch = bb.encode(inputs)
+        plan = None if arch == "dense" else build_stack(arch).plan(bb)
+        if arch == "vica":  # the checkpoint's own T2V list is the method's default
+            kv = [i for i, lp in enumerate(plan.layers) if lp.kv_source == "fixed"]
+            assert kv == [1, 4]
+        for mode in ("drop", "mask"):
+            logits = Executor(bb, mode).prefill(batch, plan).logits
+            torch.testing.assert_close(logits, ref, atol=1e-4, rtol=0)
+    if arch != "dense":  # the structure matters: the dense forward gives other logits
+        with torch.no_grad():
+            dense = T.forward_packed(model, T.pack(samples, [[] for _ in samples]))
+        assert (dense - ref).abs().max() > 1e-2
+
+
+def test_arch_recipes_and_bad_arch(capsys):
+    dense, vica, saisa = (T.Recipe.default(arch=a) for a in T.ARCHES)
+    steps = [[st.steps for st in r.stages] for r in (dense, vica, saisa)]
+    assert steps[0] == steps[1] == steps[2]  # the same training budget
+    assert set(vica.stages[1].aux_layers) <= set(vica.t2v_layers)  # objects read where text sees them
+    with pytest.raises(ValueError, match="unknown arch 'yopo'"):
+        T.Recipe.default(arch="yopo")
+    assert main(["train", "tiny-llava", "--arch", "yopo"]) == 2
+    assert "--arch yopo: use one of dense, vica, saisa" in capsys.readouterr().err
+
+
+def test_train_arch_smoke_writes_what_the_loader_reads(tmp_path):
+    for arch in ("vica", "saisa"):
+        out = tmp_path / arch
+        args = [
+            "--threads",
+            "1",
+            "train",
+            "tiny-llava",
+            "--arch",
+            arch,
+            "--scale",
+            "0.002",
+            "--out",
+            str(out),
+        ]
+        assert main([*args, "--no-progress"]) == 0
+        meta = json.loads((out / "seebench.json").read_text())
+        assert meta["architecture"] == arch and meta["recipe"]["arch"] == arch
+        assert f"--arch {arch}" in (out / "README.md").read_text()
+        bb = load_backbone(str(out))
+        if arch == "vica":
+            assert bb.info["vica"]["t2v_layers"] == list(T.VICA_T2V)
+        else:
+            assert isinstance(bb, SaisaBackbone) and len(bb.projectors) == bb.num_layers
+            assert "saisa_projectors.safetensors" in meta["sha256"]
