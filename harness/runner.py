@@ -92,7 +92,25 @@ class _Backbones:
         return self._cache[key]
 
 
-def run_cell(cell: Cell, fp: str, backbones: _Backbones, env: dict[str, Any]) -> records.Record:
+TIMED_SCENARIOS = ("latency",)  # run at the configured thread count (1 unless told otherwise)
+
+
+def run_cell(
+    cell: Cell, fp: str, backbones: _Backbones, env: dict[str, Any], work_threads: int | None = None
+) -> records.Record:
+    """One cell.  ``work_threads``: torch threads for cells that time nothing (accuracy, FLOPs,
+    verify); timed cells keep the process setting, so their figures stay comparable."""
+    if work_threads and cell.scenario.kind not in TIMED_SCENARIOS:
+        before = torch.get_num_threads()
+        torch.set_num_threads(work_threads)
+        try:
+            return _run_cell(cell, fp, backbones, env)
+        finally:
+            torch.set_num_threads(before)
+    return _run_cell(cell, fp, backbones, env)
+
+
+def _run_cell(cell: Cell, fp: str, backbones: _Backbones, env: dict[str, Any]) -> records.Record:
     from harness.baselines.registry import build_stack
     from harness.models.method import MethodError
 
@@ -107,6 +125,7 @@ def run_cell(cell: Cell, fp: str, backbones: _Backbones, env: dict[str, Any]) ->
         bb = backbones.get(cell)
         torch.manual_seed(cell.scenario.seed)
         metrics, details = SCENARIOS[cell.scenario.kind].run(CellContext(bb, stack, cell))
+        details = {**details, "threads": torch.get_num_threads()}
         return records.Record(
             **base, metrics=metrics, details=details, backbone_info=bb.describe(),
             duration_s=time.perf_counter() - start,
@@ -147,6 +166,7 @@ def run_suite(
     force: bool = False,
     shard: tuple[int, int] | None = None,
     progress: bool = True,
+    work_threads: int | None = None,
 ) -> RunSummary:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +189,7 @@ def run_suite(
                 summary.skipped += 1
                 bar.advance(job)
                 continue
-            rec = unavailable_record(cell, fp, env) or run_cell(cell, fp, backbones, env)
+            rec = unavailable_record(cell, fp, env) or run_cell(cell, fp, backbones, env, work_threads)
             records.save(rec, out_dir)
             summary.records.append(rec)
             summary.ran += 1

@@ -59,3 +59,23 @@ def test_methods_json_lists_dense(capsys):
     assert main(["methods", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data[0]["name"] == "dense" and "stage" in data[0]
+
+
+def test_run_uses_every_core_for_untimed_cells_unless_told(tmp_path, monkeypatch):
+    import json
+    import os
+
+    import torch
+
+    monkeypatch.delenv("SEEBENCH_THREADS", raising=False)
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        "name: x\nbackbones: [{name: a, model: 'random:llava-1.5'}]\nscenarios: [{kind: flops}]\n"
+    )
+    before = torch.get_num_threads()
+    for args, want in ((["run"], os.cpu_count()), (["--threads", "1", "run"], 1)):
+        out = tmp_path / f"out{want}"
+        assert main([*args, "--suite", str(suite), "--out", str(out), "--no-progress"]) == 0
+        (rec,) = [json.loads(p.read_text()) for p in out.glob("*.json")]
+        assert rec["details"]["threads"] == want
+    torch.set_num_threads(before)
