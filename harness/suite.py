@@ -40,6 +40,11 @@ class BackboneSpec(_Strict):
         None, description="paper geometry for analytic FLOPs when weights are absent"
     )
     requires_gpu: bool = Field(False, description="accuracy/latency cells need a GPU (7B+ checkpoints)")
+    reference: str | None = Field(
+        None,
+        description="the backbone whose dense rows are this one's retention reference "
+        "(a variant trained with its own structure, e.g. ViCA, against the dense model of the same budget)",
+    )
 
 
 class MethodSpec(_Strict):
@@ -103,6 +108,10 @@ class Suite(_Strict):
         from harness.models.geometry import PAPER_GEOMETRIES
 
         for i, b in enumerate(self.backbones):
+            if b.reference is not None and b.reference not in labels:
+                raise ValueError(
+                    f"backbones[{i}].reference: unknown backbone name '{b.reference}'; known: {labels}"
+                )
             if b.geometry is not None and b.geometry not in PAPER_GEOMETRIES:
                 raise ValueError(
                     f"backbones[{i}].geometry: unknown '{b.geometry}'; known: {sorted(PAPER_GEOMETRIES)}"
@@ -124,7 +133,8 @@ class Cell:
 
     def spec(self) -> dict[str, Any]:
         return {
-            "backbone": self.backbone.model_dump(),
+            # 'reference' only when set: the fingerprints of suites without it stay as they were
+            "backbone": self.backbone.model_dump(exclude=None if self.backbone.reference else {"reference"}),
             "method": self.method.model_dump(),
             "task": self.task,
             "scenario": self.scenario.model_dump(),

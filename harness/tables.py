@@ -23,8 +23,23 @@ def accuracy_frame(recs: Sequence[Record]) -> pd.DataFrame:
     dense = {
         b: df.loc[(b, "dense"), "mean"] for b in df.index.get_level_values(0) if (b, "dense") in df.index
     }
-    df["retention"] = [df.loc[(b, m), "mean"] / dense[b] if b in dense else float("nan") for b, m in df.index]
+    ref = reference_backbones(recs)
+    df["retention"] = [
+        df.loc[(b, m), "mean"] / dense[ref.get(b, b)] if ref.get(b, b) in dense else float("nan")
+        for b, m in df.index
+    ]
     return df
+
+
+def reference_backbones(recs: Sequence[Record]) -> dict[str, str]:
+    """Backbone label -> the label whose dense rows are its retention reference (suite key
+    ``reference``: a variant trained with its own structure against the dense model)."""
+    out = {}
+    for r in recs:
+        ref = ((r.cell or {}).get("backbone") or {}).get("reference")
+        if ref:
+            out[r.backbone] = ref
+    return out
 
 
 def run_summary(recs: Sequence[Record]) -> str:
@@ -33,7 +48,9 @@ def run_summary(recs: Sequence[Record]) -> str:
     if not acc.empty:
         shown = acc.copy()
         shown.columns = [c.removeprefix("shapes_") for c in shown.columns]
-        parts.append("accuracy (exact match) and retention vs dense of the same run")
+        parts.append(
+            "accuracy (exact match) and retention vs dense of the same run (of the reference backbone for trained variants)"
+        )
         parts.append(tabulate(shown.reset_index(), headers="keys", showindex=False, floatfmt=".3f"))
     other = [r for r in recs if r.scenario != "accuracy"]
     if other:

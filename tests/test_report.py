@@ -41,6 +41,25 @@ def test_leaderboard_retention_and_marks(tmp_path):
     assert m[(dense_idx, "mean")] == "best" and m[(fastv_idx, "TFLOPs")] == "best"
 
 
+def test_retention_of_a_trained_variant_is_against_its_reference_backbone(tmp_path):
+    from harness.records import load_dir
+    from harness.tables import accuracy_frame
+
+    out = _write(tmp_path)
+    per = {f"shapes_exist/{i}": float(b) for i, b in enumerate([1, 1, 0, 0] * 10)}
+    cell = {"backbone": {"name": "tiny-vica", "model": "embedded:vica", "reference": "tiny"}}
+    save(Record(fingerprint="v".ljust(64, "0"), backbone="tiny-vica", method="vica", task="shapes_exist",
+                scenario="accuracy", metrics={"accuracy": 0.5}, cell=cell,
+                details={"per_sample": per, "predictions": {k: str(v) for k, v in per.items()}}), out)  # fmt: skip
+    recs = load_dir(out)
+    row = leaderboard(recs).set_index("method").loc["vica"]
+    assert row["retention"] == pytest.approx(
+        0.5 / 0.75
+    )  # tiny's dense on the same task (no dense of its own)
+    frame = accuracy_frame(recs)
+    assert frame.loc[("tiny-vica", "vica"), "retention"] == pytest.approx(0.5 / 0.75)
+
+
 def test_stats():
     d = {str(i): 1.0 for i in range(20)}
     assert retention_ci(d, d)[0] == 1.0

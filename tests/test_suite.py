@@ -45,6 +45,10 @@ def test_good_suite_expands_to_cells(tmp_path):
         (GOOD.replace("[dense]", "[warp]"), "methods[0]: unknown method 'warp'"),
         (GOOD.replace("name: t\n", ""), "missing required key 'name'"),
         (GOOD.replace("model:", "modle:"), "unknown key 'modle' at backbones[0]"),
+        (
+            GOOD.replace('"random:llava-1.5"}', '"random:llava-1.5", reference: b}'),
+            "backbones[0].reference: unknown backbone name 'b'; known: ['a']",
+        ),
     ],
 )
 def test_bad_suites_fail_with_one_line_naming_the_key(tmp_path, edit, message):
@@ -65,3 +69,14 @@ def test_bundled_suites_validate():
 
     for path in SUITES_DIR.glob("*.yaml"):
         assert expand(load_suite(str(path)))
+
+
+def test_reference_key_only_in_the_fingerprint_when_set(tmp_path):
+    plain = expand(load_suite(_write(tmp_path, GOOD)))[0].spec()["backbone"]
+    assert "reference" not in plain  # suites without it keep their committed records' fingerprints
+    two = GOOD.replace(
+        '- {name: a, model: "random:llava-1.5"}',
+        '- {name: a, model: "random:llava-1.5"}\n  - {name: b, model: "random:llava-1.5", reference: a}',
+    )
+    specs = {c.backbone.name: c.spec()["backbone"] for c in expand(load_suite(_write(tmp_path, two)))}
+    assert specs["b"]["reference"] == "a" and "reference" not in specs["a"]

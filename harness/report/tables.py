@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from ..records import Record
+from ..tables import reference_backbones
 from .stats import agreement, retention_ci
 
 #: lmms-eval task -> benchmark id of paper_numbers.csv
@@ -65,13 +66,15 @@ def leaderboard(recs: Sequence[Record]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     # retention and agreement vs the dense row of the same backbone, paired on sample ids
+    # (a variant trained with its own structure: vs the dense rows of its 'reference' backbone)
     dense_keys = {k[0]: k for k in rows if k[1] == "dense"}
+    ref = reference_backbones(ok)
     for k, row in rows.items():
         tasks = acc.get(k, {})
         if not tasks:
             continue
         row["mean"] = sum(t.metrics["accuracy"] for t in tasks.values()) / len(tasks)
-        dk = dense_keys.get(k[0])
+        dk = dense_keys.get(ref.get(k[0], k[0]))
         if dk is None or dk not in acc:
             continue
         d_all, m_all, dp, mp = {}, {}, {}, {}
