@@ -308,7 +308,10 @@ def cmd_latency(args: argparse.Namespace) -> int:
         # random weights are drawn where they will run: a 7B-geometry decoder initialises in seconds
         # on a GPU, minutes on the CPU (the GPU's random stream differs: weights are random-init)
         with torch.device(device):
-            bb = synthetic_backbone(args.geometry, layers=args.layers, hidden=args.hidden, heads=args.heads)
+            arch = "saisa" if "saisa" in method.split("+") else "llava"  # SAISA brings its own projectors
+            bb = synthetic_backbone(
+                args.geometry, layers=args.layers, hidden=args.hidden, heads=args.heads, architecture=arch
+            )
         batch = synthetic_batch(bb, args.geometry, args.batch, args.seed)
     else:
         from .backbones import open_backbone

@@ -127,9 +127,10 @@ def peak_memory_mib(device: torch.device) -> float:
 # ------------------------------------------------------------------ synthetic geometry
 def synthetic_backbone(
     geometry: str, layers: int = 8, hidden: int = 1024, heads: int = 8, kv_heads: int | None = None,
-    ffn: int | None = None, vocab: int = 32064, seed: int = 0,
+    ffn: int | None = None, vocab: int = 32064, seed: int = 0, architecture: str = "llava",
 ) -> Backbone:  # fmt: skip
-    """A random-init Llama decoder (LLaVA wrapper) at reduced width and depth for timing."""
+    """A random-init Llama decoder (LLaVA wrapper) at reduced width and depth for timing;
+    ``architecture="saisa"`` adds random per-layer projectors from the CLIP width (SAISA)."""
     import transformers
 
     if geometry not in GEOMETRIES:
@@ -155,7 +156,14 @@ def synthetic_backbone(
     )  # fmt: skip
     model = transformers.LlavaForConditionalGeneration(cfg).float().eval()
     model.config._attn_implementation = "sdpa"
-    bb = wrap(model, source=f"synthetic:{geometry}:L{layers}h{hidden}", weights="random-init")
+    source = f"synthetic:{geometry}:L{layers}h{hidden}"
+    if architecture == "saisa":
+        from harness.models.saisa import SaisaBackbone, make_projectors
+
+        proj = make_projectors(cfg.vision_config.hidden_size, hidden, layers)
+        bb: Backbone = SaisaBackbone(model, proj, source=source + ":saisa", weights="random-init")
+    else:
+        bb = wrap(model, source=source, weights="random-init")
     bb.synthetic_geometry = geometry  # type: ignore[attr-defined]
     return bb
 
@@ -181,6 +189,9 @@ def synthetic_batch(bb: Backbone, geometry: str, batch_size: int, seed: int = 0)
         extras["clip"] = [
             {"layer": 0, "h_embed": h_in[i], "h_in": h_in[i], "h_out": h_out[i]} for i in range(batch_size)
         ]
+        feats = [h_out[i, 1:].to(embeds) for i in range(batch_size)]  # what SAISA's projectors read
+    else:
+        feats = None
     tt = torch.full((batch_size, n), int(TokenType.TEXT))
     tt[:, :s] = int(TokenType.SYSTEM)
     tt[:, s : s + v] = int(TokenType.VISUAL)
@@ -192,7 +203,7 @@ def synthetic_batch(bb: Backbone, geometry: str, batch_size: int, seed: int = 0)
     batch = Batch(
         embeds=embeds, token_type=tt, positions=torch.arange(n).expand(1, batch_size, n).clone(),
         next_position=torch.full((batch_size,), n), visual_index=vidx, visual_coords=coords,
-        sample_ids=[f"synthetic-{i}" for i in range(batch_size)], extras=extras,
+        sample_ids=[f"synthetic-{i}" for i in range(batch_size)], extras=extras, vision_features=feats,
     )  # fmt: skip
     return batch.to(bb.device, bb.dtype)
 

@@ -98,3 +98,13 @@ def test_synthetic_llava15_keeps_clip_states_for_pre_llm_methods(small):
     reduced = VisionZip(budget=64).reduce(bb, batch)
     assert [r.embeds.shape[0] for r in reduced] == [64, 64]
     assert build_stack("visionzip", {"visionzip": {"budget": 64}}).plan(bb).reducer is not None
+
+
+def test_latency_cli_times_saisa_with_its_own_projectors(capsys):
+    """SAISA on the synthetic geometry: random per-layer projectors over the CLIP-width features;
+    visual K/V in every layer (KV as dense), the FFN and queries of visual rows skipped."""
+    assert main(["latency", "--geometry", "llava-1.5", "--method", "saisa", "--batch", "2", "--layers", "4",
+                 "--hidden", "128", "--heads", "4", "--warmup", "0", "--min-repeats", "1", "--min-time", "0",
+                 "--decode-tokens", "2", "--json"]) == 0  # fmt: skip
+    data = json.loads(capsys.readouterr().out)
+    assert data["kv_ratio"] == pytest.approx(1.0) and data["flops_bound"] > 1.5
