@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import pandas as pd
@@ -10,11 +11,32 @@ from tabulate import tabulate
 from .records import Record
 
 
+def method_label(r: Record, multi: set[str]) -> str:
+    """The method's name, with its parameters when the same method runs with several settings."""
+    if r.method not in multi:
+        return r.method
+    flat = [f"{k}={v}" for p in r.params.values() for k, v in p.items() if v is not None]
+    return f"{r.method} [{', '.join(flat)}]" if flat else r.method
+
+
+def multi_setting_methods(recs: Sequence[Record]) -> set[str]:
+    seen: dict[str, set[str]] = {}
+    for r in recs:
+        seen.setdefault(r.method, set()).add(json.dumps(r.params, sort_keys=True))
+    return {m for m, ps in seen.items() if len(ps) > 1}
+
+
 def accuracy_frame(recs: Sequence[Record]) -> pd.DataFrame:
+    ok = [r for r in recs if r.scenario == "accuracy" and r.status == "ok"]
+    multi = multi_setting_methods(ok)  # e.g. ShortV's calibrated list and a random one: two rows
     rows = [
-        {"backbone": r.backbone, "method": r.method, "task": r.task, "accuracy": r.metrics.get("accuracy")}
-        for r in recs
-        if r.scenario == "accuracy" and r.status == "ok"
+        {
+            "backbone": r.backbone,
+            "method": method_label(r, multi),
+            "task": r.task,
+            "accuracy": r.metrics.get("accuracy"),
+        }
+        for r in ok
     ]
     if not rows:
         return pd.DataFrame()

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from ..records import Record
-from ..tables import reference_backbones
+from ..tables import method_label, reference_backbones
 from .stats import agreement, retention_ci
 
 #: lmms-eval task -> benchmark id of paper_numbers.csv
@@ -23,13 +23,6 @@ BENCHMARKS = {
 }  # fmt: skip
 HIGHER_BETTER = {"mean", "retention", "agreement", "speedup", "conversion"}
 LOWER_BETTER = {"TFLOPs", "visual TFLOPs", "prefill ms", "decode ms"}
-
-
-def method_label(r: Record, multi: set[str]) -> str:
-    if r.method not in multi:
-        return r.method
-    flat = [f"{k}={v}" for p in r.params.values() for k, v in p.items() if v is not None]
-    return f"{r.method} [{', '.join(flat)}]" if flat else r.method
 
 
 def _key(r: Record) -> tuple[str, str, str]:
