@@ -274,8 +274,8 @@ def _flops_paper(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ latency
-def _latency_device(choice: str) -> str:
-    """--device auto|cpu|cuda -> the torch device to time on (one-line error without CUDA)."""
+def _device(choice: str) -> str:
+    """--device auto|cpu|cuda -> the torch device to run on (one-line error without CUDA)."""
     import torch
 
     if choice == "auto":
@@ -300,7 +300,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
     chosen = [x for x in (args.geometry, args.model, args.random) if x]
     if len(chosen) != 1:
         raise HarnessError("give exactly one of --geometry NAME, a checkpoint directory, or --random FAMILY")
-    device = _latency_device(args.device)
+    device = _device(args.device)
     method = f"plan:{args.plan}" if args.plan else args.method
     if args.geometry:
         if args.geometry not in GEOMETRIES:
@@ -391,18 +391,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.out
         else CHECKPOINT_DIR / ("tiny-llava" + ("" if args.arch == "dense" else f"-{args.arch}"))
     )
-    device = args.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise HarnessError("--device cuda: no CUDA device is visible; use --device cpu")
     recipe = Recipe.default(seed=args.seed, scale=args.scale, arch=args.arch)
-    summary = train_tiny(out, recipe, progress=not args.no_progress, device=device)
+    summary = train_tiny(out, recipe, progress=not args.no_progress, device=_device(args.device))
     print(
         json.dumps(
             {"out": str(out), "wall_time_s": summary["wall_time_s"], "eval_ci": summary["eval_ci"]}, indent=2

@@ -61,6 +61,13 @@ def make_projectors(d_vis: int, hidden: int, layers: int) -> nn.ModuleList:
     )
 
 
+def save_projectors(path: Path, projectors: nn.ModuleList) -> None:
+    """Write per-layer projectors in the layout ``load_projectors`` reads."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in projectors.state_dict().items()}, str(path))
+
+
 def load_projectors(path: Path, d_vis: int, hidden: int, layers: int) -> nn.ModuleList:
     from safetensors.torch import load_file
 

@@ -14,7 +14,7 @@ from harness.baselines.registry import build_stack
 from harness.cli import main
 from harness.models.backbone import load_backbone
 from harness.models.executor import Executor
-from harness.models.saisa import SaisaBackbone, make_projectors
+from harness.models.saisa import SaisaBackbone, make_projectors, save_projectors
 from harness.models.tiny import shapes
 from harness.models.tiny import tokenizer as tk
 from harness.models.tiny import train as T
@@ -34,14 +34,9 @@ def _checkpoint(tmp_path, arch: str):
         meta["vica"] = {"t2v_layers": [1, 4]}
         structure.t2v = (1, 4)
     if arch == "saisa":
-        from safetensors.torch import save_file
-
         torch.manual_seed(4)
         proj = make_projectors(cfg.vit_hidden, cfg.hidden, cfg.layers)
-        save_file(
-            {k: v.contiguous() for k, v in proj.state_dict().items()},
-            str(out / "saisa_projectors.safetensors"),
-        )
+        save_projectors(out / "saisa_projectors.safetensors", proj)
         structure.projectors = proj
     (out / "seebench.json").write_text(json.dumps(meta))
     return model, structure, out

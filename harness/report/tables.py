@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from ..records import Record
-from ..tables import method_label, reference_backbones
+from ..tables import method_label, multi_setting_methods, reference_backbones
 from .stats import agreement, retention_ci
 
 #: lmms-eval task -> benchmark id of paper_numbers.csv
@@ -34,10 +34,7 @@ def _key(r: Record) -> tuple[str, str, str]:
 def leaderboard(recs: Sequence[Record]) -> pd.DataFrame:
     """One row per (backbone, method + params); accuracy per task, mean, retention, efficiency."""
     ok = [r for r in recs if r.status == "ok"]
-    params_per_method: dict[str, set[str]] = {}
-    for r in ok:
-        params_per_method.setdefault(r.method, set()).add(_key(r)[2])
-    multi = {m for m, ps in params_per_method.items() if len(ps) > 1}
+    multi = multi_setting_methods(ok)
     rows: dict[tuple, dict[str, Any]] = {}
     acc: dict[tuple, dict[str, Record]] = {}
     for r in ok:

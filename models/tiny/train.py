@@ -732,10 +732,9 @@ def train_tiny(
         "sha256": {"model.safetensors": file_sha256(out_dir / "model.safetensors")},
     }
     if recipe.arch == "saisa":
-        from safetensors.torch import save_file
+        from harness.models.saisa import save_projectors
 
-        state = {k: v.detach().cpu().contiguous() for k, v in structure.projectors.state_dict().items()}
-        save_file(state, str(out_dir / "saisa_projectors.safetensors"))
+        save_projectors(out_dir / "saisa_projectors.safetensors", structure.projectors)
         meta["architecture"] = "saisa"
         meta["sha256"]["saisa_projectors.safetensors"] = file_sha256(out_dir / "saisa_projectors.safetensors")
     elif recipe.arch == "vica":
