@@ -30,14 +30,22 @@ option word within one layer, and the same recipe, trained twice on different ha
 once at 0.78 and once at 1.00 on multiple choice; with a layer in between every task was learned
 by step 2000 of align (GPU exploration of four variants, 2026-11-22; see the model card).
 
+Determinism: training runs under ``torch.use_deterministic_algorithms`` (``deterministic()``).
+Without it, the backward of a gather with repeated indices (``h[rows, cols]``, ``k[batch_index]``)
+is a parallel float atomic add on CPU whenever two threads are used: two same-seed runs of the
+full recipe agreed bit for bit for 826 steps, then drifted by one float ulp at step 527 of align
+and ended 10 points apart on counting.  Same seed and same thread count now give the same weights.
+
 ``--arch vica|saisa`` trains the same stages under that method's structure (``Structure``): the
 equivalence tests check the training forward against the executor running the method.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -664,6 +672,19 @@ def evaluate(
     return out
 
 
+@contextlib.contextmanager
+def deterministic():
+    """Deterministic kernels for the duration (serial accumulation in the backward of indexing on
+    CPU; on CUDA the cuBLAS workspace setting that deterministic mode needs)."""
+    before = torch.are_deterministic_algorithms_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
 def train_tiny(
     out_dir: Path,
     recipe: Recipe | None = None,
@@ -708,7 +729,10 @@ def train_tiny(
     def evaluate_fn(m):
         return evaluate(m, eval_split, structure=structure)
 
-    with tqdm(total=total, disable=not progress, desc="train tiny-llava", dynamic_ncols=True) as bar:
+    with (
+        deterministic(),
+        tqdm(total=total, disable=not progress, desc="train tiny-llava", dynamic_ncols=True) as bar,
+    ):
         for st in recipe.stages:
             if st.name == "vision":
                 summary["vision"] = train_vision(model, st, recipe.seed, log, bar, device)
