@@ -66,6 +66,29 @@ class PrefillOutput:
 
 
 @dataclass
+class _Geometry:
+    """What a layer's roles make of the token state (see ``Executor._geometry``)."""
+
+    q_rows: torch.Tensor
+    kv_rows: torch.Tensor
+    ffn_rows: torch.Tensor
+    text_visible: torch.Tensor
+    q_idx: torch.Tensor | None
+    kv_idx: torch.Tensor | None
+    q_meta: dict[str, torch.Tensor]
+    k_meta: dict[str, torch.Tensor]
+    mask: torch.Tensor  # [B, 1, nq, nk] allowed (query, key) pairs
+    mask_filled: torch.Tensor  # the same with empty rows opened (SDPA needs a key per row)
+    empty: torch.Tensor  # [B, 1, nq, 1] rows with no allowed key
+    present: list[int]
+    attn_q: list[int]
+    kv: list[int]
+    ffn: list[int]
+    rope: tuple[torch.Tensor, ...] | None = None  # cos_q, sin_q, cos_k, sin_k (set on first use)
+    ffn_idx: dict = field(default_factory=dict)  # _ffn's gathered rows, per kind
+
+
+@dataclass
 class _State:
     """Per-sample token state, row-aligned; the last row of every tensor is a scratch row."""
 
@@ -80,6 +103,8 @@ class _State:
     renumbered: bool = False
     log: list[str] = field(default_factory=list)
     chosen_rows: dict = field(default_factory=dict)  # selector.rows -> its rows, once per prefill
+    version: int = 0  # bumped whenever the layout (rows, types, positions) changes
+    geometry: dict = field(default_factory=dict)  # (version, roles) -> _Geometry
 
     @property
     def m(self) -> int:
@@ -217,34 +242,18 @@ class Executor:
         bb = self.bb
         layer = bb.layers[li]
         attn = layer.self_attn
-        q_rows, kv_rows, ffn_rows, text_visible = self._roles(st, lp)
-        is_vis = st.ttype == VIS
+        g = self._geometry(st, lp)
+        q_rows, text_visible = g.q_rows, g.text_visible
+        q_idx, kv_idx, q_meta, k_meta = g.q_idx, g.kv_idx, g.q_meta, g.k_meta
         stats.append(
-            LayerStats(
-                present=(st.alive & is_vis).sum(1).tolist(),
-                attn_q=(q_rows & is_vis).sum(1).tolist(),
-                kv=(text_visible & is_vis).sum(1).tolist(),
-                ffn=(ffn_rows & is_vis).sum(1).tolist(),
-            )
+            LayerStats(present=list(g.present), attn_q=list(g.attn_q), kv=list(g.kv), ffn=list(g.ffn))
         )
         scratch = st.m - 1
-        if self.mode == "mask":
-            q_idx = kv_idx = None
-        else:
-            q_idx = None if bool((q_rows == st.alive).all()) else _select_index(q_rows, scratch)[0]
-            same = bool((kv_rows == q_rows).all())  # e.g. text-only layers: one gather, one RoPE
-            kv_idx = (
-                q_idx
-                if same
-                else (None if bool((kv_rows == st.alive).all()) else _select_index(kv_rows, scratch)[0])
-            )
 
         # idx None = every row but the scratch row (nothing gathered); else the gathered rows, and
         # only those are normalised (rows a layer does not use cost nothing)
         norm = layer.input_layernorm
         hn = norm(st.x) if q_idx is None or kv_idx is None else None
-        q_meta = self._meta(st, q_idx)
-        k_meta = q_meta if kv_idx is q_idx else self._meta(st, kv_idx)
         hq = hn[:, :-1] if q_idx is None else norm(_gather_rows(st.x, q_idx))
         if kv_idx is q_idx:
             hk = hq
@@ -256,23 +265,26 @@ class Executor:
         q = attn.q_proj(hq).view(b, nq, H, d).transpose(1, 2)
         k = attn.k_proj(hk).view(b, nk, Hkv, d).transpose(1, 2)
         v = attn.v_proj(hk).view(b, nk, Hkv, d).transpose(1, 2)
-        cos_q, sin_q = bb.rope(hq, q_meta["pos"])
-        cos_k, sin_k = (cos_q, sin_q) if kv_idx is q_idx else bb.rope(hk, k_meta["pos"])
+        if g.rope is None:
+            cos_q, sin_q = bb.rope(hq, q_meta["pos"])
+            g.rope = (cos_q, sin_q, *((cos_q, sin_q) if kv_idx is q_idx else bb.rope(hk, k_meta["pos"])))
+        cos_q, sin_q, cos_k, sin_k = g.rope
         q = bb.rotate(q, cos_q, sin_q)
         k = bb.rotate(k, cos_k, sin_k)
 
         # which (query, key) pairs are allowed, and per-head rules
-        q_ok = q_rows[:, :-1] if q_idx is None else _gather_rows(q_rows, q_idx)
-        k_ok = kv_rows[:, :-1] if kv_idx is None else _gather_rows(kv_rows, kv_idx)
-        mask = self._attn_mask(lp, q_meta, k_meta, q_ok, k_ok)  # [B, 1|H, nq, nk]
+        mask = g.mask  # [B, 1, nq, nk]
         v_used = v
         head_zero_q = None
         if lp.visual_heads is not None:
             mask, v_used, head_zero_q = self._head_rules(lp, mask, v, q_meta, k_meta, H, Hkv)
         if self.observer is not None:
             self.observer(li, q, k, v, mask, q_meta, k_meta)
-        empty = ~mask.any(-1, keepdim=True)  # rows with no allowed key (e.g. padding)
-        mask = mask | empty
+        if lp.visual_heads is None:  # the layer's own mask: its empty rows are known
+            mask, empty = g.mask_filled, g.empty
+        else:
+            empty = ~mask.any(-1, keepdim=True)  # rows with no allowed key (e.g. padding)
+            mask = mask | empty
         gqa = int(v_used.shape[1]) != H
         k_used = k if int(v_used.shape[1]) == int(k.shape[1]) else _expand_kv(k, H)
         out = F.scaled_dot_product_attention(
@@ -297,7 +309,7 @@ class Executor:
             st.x[:, :-1] += upd * q_rows[:, :-1, None].to(upd.dtype)
         else:
             st.x.scatter_add_(1, q_idx[..., None].expand(-1, -1, upd.shape[-1]), upd)
-        self._ffn(st, layer, lp, ffn_rows, scratch)
+        self._ffn(st, layer, lp, g, scratch)
         st.x[:, -1] = 0
 
         s = stats[-1]
@@ -315,6 +327,42 @@ class Executor:
                 st, li, lp, lp.drop_after, batch, when="after", scores=scores, keys=(k, k_meta)
             )
         return kv
+
+    def _geometry(self, st: _State, lp: LayerPlan) -> _Geometry:
+        """Roles, gathered rows, metadata, attention mask and RoPE of a layer.  They depend only on
+        the token state's layout and on the plan fields that set roles, so layers with the same
+        roles on an unchanged state (every dense layer; ViCA's layers outside T2V) share one."""
+        key = (st.version, lp.visual_query, lp.visual_kv, lp.visual_attn, lp.window, lp.visual_ffn == 0,
+               lp.system_query)  # fmt: skip
+        if key in st.geometry:
+            return st.geometry[key]
+        q_rows, kv_rows, ffn_rows, text_visible = self._roles(st, lp)
+        is_vis = st.ttype == VIS
+        scratch = st.m - 1
+        if self.mode == "mask":
+            q_idx = kv_idx = None
+        else:
+            q_idx = None if bool((q_rows == st.alive).all()) else _select_index(q_rows, scratch)[0]
+            same = bool((kv_rows == q_rows).all())  # e.g. text-only layers: one gather, one RoPE
+            kv_idx = (
+                q_idx
+                if same
+                else (None if bool((kv_rows == st.alive).all()) else _select_index(kv_rows, scratch)[0])
+            )
+        q_meta = self._meta(st, q_idx)
+        k_meta = q_meta if kv_idx is q_idx else self._meta(st, kv_idx)
+        q_ok = q_rows[:, :-1] if q_idx is None else _gather_rows(q_rows, q_idx)
+        k_ok = kv_rows[:, :-1] if kv_idx is None else _gather_rows(kv_rows, kv_idx)
+        mask = self._attn_mask(lp, q_meta, k_meta, q_ok, k_ok)
+        empty = ~mask.any(-1, keepdim=True)
+        g = _Geometry(
+            q_rows=q_rows, kv_rows=kv_rows, ffn_rows=ffn_rows, text_visible=text_visible,
+            q_idx=q_idx, kv_idx=kv_idx, q_meta=q_meta, k_meta=k_meta, mask=mask, mask_filled=mask | empty,
+            empty=empty, present=(st.alive & is_vis).sum(1).tolist(), attn_q=(q_rows & is_vis).sum(1).tolist(),
+            kv=(text_visible & is_vis).sum(1).tolist(), ffn=(ffn_rows & is_vis).sum(1).tolist(),
+        )  # fmt: skip
+        st.geometry[key] = g
+        return g
 
     def _meta(self, st: _State, idx: torch.Tensor | None) -> dict[str, torch.Tensor]:
         if idx is None:
@@ -366,8 +414,9 @@ class Executor:
             v_used = v_used.masked_fill(pruned & kv_vis, 0.0)
         return mask, v_used, head_zero_q
 
-    def _ffn(self, st: _State, layer, lp: LayerPlan, ffn_rows: torch.Tensor, scratch: int) -> None:
+    def _ffn(self, st: _State, layer, lp: LayerPlan, g: _Geometry, scratch: int) -> None:
         mlp = layer.mlp
+        ffn_rows = g.ffn_rows
         is_vis = st.ttype == VIS
         width = lp.visual_ffn
         if self.mode == "mask":
@@ -382,19 +431,24 @@ class Executor:
             st.x[:, :-1] += upd * ffn_rows[:, :-1, None].to(upd.dtype)
             return
         partial = width is not None and width != 0
-        full_rows = ffn_rows & ~is_vis if partial else ffn_rows
-        part_rows = ffn_rows & is_vis if partial else torch.zeros_like(ffn_rows)
-        if bool((full_rows == st.alive).all()):
+        if partial not in g.ffn_idx:  # (rows with the full FFN, rows with the sliced one)
+            full_rows = ffn_rows & ~is_vis if partial else ffn_rows
+            part_rows = ffn_rows & is_vis if partial else torch.zeros_like(ffn_rows)
+            full = "all" if bool((full_rows == st.alive).all()) else None
+            if full is None and bool(full_rows.any()):
+                full = _select_index(full_rows, scratch)[0]
+            part = _select_index(part_rows, scratch)[0] if bool(part_rows.any()) else None
+            g.ffn_idx[partial] = (full, part)
+        full, part = g.ffn_idx[partial]
+        if isinstance(full, str):
             st.x[:, :-1] += mlp(layer.post_attention_layernorm(st.x[:, :-1]))
-        elif bool(full_rows.any()):
-            idx, _ = _select_index(full_rows, scratch)
-            hn = layer.post_attention_layernorm(_gather_rows(st.x, idx))
-            st.x.scatter_add_(1, idx[..., None].expand(-1, -1, hn.shape[-1]), mlp(hn))
-        if bool(part_rows.any()):
-            idx, _ = _select_index(part_rows, scratch)
-            hn = layer.post_attention_layernorm(_gather_rows(st.x, idx))
+        elif full is not None:
+            hn = layer.post_attention_layernorm(_gather_rows(st.x, full))
+            st.x.scatter_add_(1, full[..., None].expand(-1, -1, hn.shape[-1]), mlp(hn))
+        if part is not None:
+            hn = layer.post_attention_layernorm(_gather_rows(st.x, part))
             upd = _sliced_mlp(mlp, hn, width)
-            st.x.scatter_add_(1, idx[..., None].expand(-1, -1, upd.shape[-1]), upd)
+            st.x.scatter_add_(1, part[..., None].expand(-1, -1, upd.shape[-1]), upd)
 
     # ------------------------------------------------------------------ token selection
     def _last_rows(self, st: _State) -> tuple[torch.Tensor, torch.Tensor]:
@@ -516,6 +570,7 @@ class Executor:
         src = torch.cat([kept, present[hit.int().argmax(1)]])
         host = present[: src.shape[0]]
         x = torch.cat([st.x[i, kept], red.embeds.to(device=st.x.device, dtype=st.x.dtype)])
+        st.version += 1
         st.vidx[i, host] = st.vidx[i, src]
         st.coords[i, host] = st.coords[i, src]
         st.pos[:, i, host] = st.pos[:, i, src]
@@ -555,6 +610,7 @@ class Executor:
 
     def _drop(self, st: _State, keep: torch.Tensor, policy: str) -> None:
         """Remove (drop mode) or mask (mask mode) every real token not in ``keep``."""
+        st.version += 1
         renumber = policy == "renumber" and st.pos.shape[0] == 1
         if policy == "renumber" and st.pos.shape[0] != 1:
             st.log.append("renumber requested on M-RoPE positions: original 3-D ids kept (README 2.3)")
