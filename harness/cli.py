@@ -177,6 +177,10 @@ def cmd_flops(args: argparse.Namespace) -> int:
     if bool(args.model) == bool(args.random):
         raise HarnessError("give --suite paper, a checkpoint directory, or --random FAMILY")
     bb = open_backbone(args.model or f"random:{args.random}")
+    if args.random and "saisa" in args.method.split("+") and bb.family == "llava":
+        from harness.models.saisa import with_random_projectors
+
+        bb = with_random_projectors(bb)  # SAISA brings its own projectors (random, as the decoder)
     try:
         plan = build_stack(args.method, _params(args.params)).plan(bb)
     except MethodError as exc:

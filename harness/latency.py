@@ -156,14 +156,11 @@ def synthetic_backbone(
     )  # fmt: skip
     model = transformers.LlavaForConditionalGeneration(cfg).float().eval()
     model.config._attn_implementation = "sdpa"
-    source = f"synthetic:{geometry}:L{layers}h{hidden}"
+    bb = wrap(model, source=f"synthetic:{geometry}:L{layers}h{hidden}", weights="random-init")
     if architecture == "saisa":
-        from harness.models.saisa import SaisaBackbone, make_projectors
+        from harness.models.saisa import with_random_projectors
 
-        proj = make_projectors(cfg.vision_config.hidden_size, hidden, layers)
-        bb: Backbone = SaisaBackbone(model, proj, source=source + ":saisa", weights="random-init")
-    else:
-        bb = wrap(model, source=source, weights="random-init")
+        bb = with_random_projectors(bb)
     bb.synthetic_geometry = geometry  # type: ignore[attr-defined]
     return bb
 

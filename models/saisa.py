@@ -61,6 +61,20 @@ def make_projectors(d_vis: int, hidden: int, layers: int) -> nn.ModuleList:
     )
 
 
+def with_random_projectors(bb: LlavaBackbone) -> SaisaBackbone:
+    """A random-init LLaVA backbone as a SAISA one: random per-layer projectors over the vision
+    tower's width (the torch seed decides them), recorded as ``random-init`` with ``:saisa`` in its
+    source.  For FLOPs and latency at a geometry, where no SAISA checkpoint exists."""
+    proj = make_projectors(bb.config.vision_config.hidden_size, bb.hidden_size, bb.num_layers)
+    w = next(bb.model.parameters())
+    proj.to(device=w.device, dtype=w.dtype)
+    out = SaisaBackbone(
+        bb.model, proj, processor=bb.processor, source=bb.source + ":saisa", weights="random-init"
+    )
+    out.info = dict(bb.info)
+    return out
+
+
 def save_projectors(path: Path, projectors: nn.ModuleList) -> None:
     """Write per-layer projectors in the layout ``load_projectors`` reads."""
     from safetensors.torch import save_file

@@ -128,3 +128,19 @@ def test_paper_flops_cli_json_fast():
         "mobilellama-2.7b",
     }
     assert elapsed < 60  # the acceptance figure (< 30 s) is measured by the command itself, see README
+
+
+def test_flops_cli_random_llava_saisa_brings_random_projectors(capsys):
+    """``harness flops --random llava-1.5 --method saisa``: the random decoder gets random per-layer
+    projectors (no SAISA checkpoint exists at that geometry), and fvcore equals the analytic count."""
+    from harness.cli import main
+
+    assert main(["flops", "--random", "llava-1.5", "--method", "saisa", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["backbone"].endswith(":saisa")
+    assert max(d["fvcore_vs_analytic"].values()) <= 0.01
+    assert main(["flops", "--random", "llava-1.5", "--json"]) == 0
+    d_dense = json.loads(capsys.readouterr().out)
+    assert d["flops_decoder"] != d_dense["flops_decoder"]  # visual rows: projectors, K/V only
+    assert main(["flops", "--random", "qwen2-vl", "--method", "saisa"]) == 2
+    assert "needs a SAISA checkpoint" in capsys.readouterr().err
