@@ -14,6 +14,7 @@ scenario counts those samples as failed rather than wrong.
 
 from __future__ import annotations
 
+import atexit
 import logging
 from typing import Any
 
@@ -28,6 +29,17 @@ from harness.models.verify import chat_prompt
 
 FAILED = "<seebench-failed>"
 log = logging.getLogger("seebench")
+
+
+def _destroy_process_group() -> None:
+    """Close a data-parallel run's process group before the interpreter tears down: a gloo group
+    left to the destructors at exit sometimes aborts a rank ("terminate called without an active
+    exception", exit -6) after every result was written."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+atexit.register(_destroy_process_group)
 
 
 class SeebenchLMM(lmms):
