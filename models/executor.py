@@ -417,7 +417,6 @@ class Executor:
     def _ffn(self, st: _State, layer, lp: LayerPlan, g: _Geometry, scratch: int) -> None:
         mlp = layer.mlp
         ffn_rows = g.ffn_rows
-        is_vis = st.ttype == VIS
         width = lp.visual_ffn
         if self.mode == "mask":
             hn = layer.post_attention_layernorm(st.x[:, :-1])
@@ -426,12 +425,13 @@ class Executor:
             else:
                 act = mlp.act_fn(mlp.gate_proj(hn)) * mlp.up_proj(hn)
                 ch = torch.arange(act.shape[-1], device=act.device)
-                keep = ~is_vis[:, :-1, None] | (ch < width)
+                keep = (st.ttype[:, :-1, None] != VIS) | (ch < width)
                 upd = mlp.down_proj(act * keep.to(act.dtype))
             st.x[:, :-1] += upd * ffn_rows[:, :-1, None].to(upd.dtype)
             return
         partial = width is not None and width != 0
         if partial not in g.ffn_idx:  # (rows with the full FFN, rows with the sliced one)
+            is_vis = st.ttype == VIS
             full_rows = ffn_rows & ~is_vis if partial else ffn_rows
             part_rows = ffn_rows & is_vis if partial else torch.zeros_like(ffn_rows)
             full = "all" if bool((full_rows == st.alive).all()) else None
