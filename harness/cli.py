@@ -341,7 +341,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
         "geometry": args.geometry, "layers": bb.num_layers, "hidden": bb.hidden_size,
         "device": res.details["device"], "dtype": res.details["dtype"], **res.metrics,
         "machine": env["machine"], "cpu": env["cpu"], "gpu": env["gpu"], "visual_counts": res.details["visual_counts"],
-        "prompt_lengths": res.details["prompt_lengths"],
+        "prompt_lengths": res.details["prompt_lengths"], "prefill_order": res.details["prefill_order"],
     }  # fmt: skip
     if args.json:
         print(json.dumps(data, indent=2))

@@ -12,9 +12,11 @@ Scenarios: single-stream (batch 1: TTFT = prefill latency, TPOT = per-token deco
 fixed forced decode length) and batch (prefill samples/s, decode tokens/s) at any batch size, on
 real suite samples (ragged) or on a synthetic token geometry with random weights (recorded as such).
 The dense baseline is measured in the same run, so speed-up, FLOPs bound and conversion efficiency
-(speed-up / FLOPs bound) are ratios of one run with one thread setting.  Accuracy and timing are
-separate passes; nothing is cached inside a timed pass (each call re-runs the vision tower when the
-inputs carry images, and every layer).
+(speed-up / FLOPs bound) are ratios of one run with one thread setting.  Method and dense prefill
+calls are interleaved (``time_interleaved``): a machine that drifts between speed phases slows both
+alike instead of skewing their ratio.  Accuracy and timing are separate passes; nothing is cached
+inside a timed pass (each call re-runs the vision tower when the inputs carry images, and every
+layer).
 """
 
 from __future__ import annotations
@@ -94,28 +96,51 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+    if device.type == "cuda":  # pragma: no cover - needs a GPU
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end) / 1000.0
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def time_call(fn: Callable[[], Any], cfg: TimingConfig, device: torch.device) -> Timing:
     """Warm up, then repeat until min_repeats and min_time_s are both reached (<= max_repeats)."""
-    for _ in range(cfg.warmup):
-        fn()
+    return time_interleaved({"call": fn}, cfg, device)["call"]
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], cfg: TimingConfig, device: torch.device
+) -> dict[str, Timing]:
+    """Time several calls in one interleaved sequence, so a machine that drifts between speed
+    phases (a shared VM, a GPU's clocks) slows every call alike and their ratios stay true.
+
+    Every call is warmed up first.  Then, until each call has ``min_repeats`` samples and
+    ``min_time_s`` of them, the call with the least time spent so far runs next; calls that are done
+    keep running in this order (each up to ``max_repeats``) while another one is still short, so
+    all samples spread over the same stretch of time.  A call alone is plain repeat-until-enough."""
+    for fn in fns.values():
+        for _ in range(cfg.warmup):
+            fn()
     _sync(device)
-    samples: list[float] = []
-    spent = 0.0
-    while len(samples) < cfg.max_repeats and (len(samples) < cfg.min_repeats or spent < cfg.min_time_s):
-        if device.type == "cuda":  # pragma: no cover - needs a GPU
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            dt = start.elapsed_time(end) / 1000.0
-        else:
-            t0 = time.perf_counter()
-            fn()
-            dt = time.perf_counter() - t0
-        samples.append(dt)
-        spent += dt
-    return Timing(samples, cfg.warmup, device.type)
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    spent = dict.fromkeys(fns, 0.0)
+
+    def short(k: str) -> bool:
+        n = len(samples[k])
+        return n < cfg.max_repeats and (n < cfg.min_repeats or spent[k] < cfg.min_time_s)
+
+    while any(short(k) for k in fns):
+        k = min((k for k in fns if len(samples[k]) < cfg.max_repeats), key=lambda k: spent[k])
+        dt = _timed(fns[k], device)
+        samples[k].append(dt)
+        spent[k] += dt
+    return {k: Timing(samples[k], cfg.warmup, device.type) for k in fns}
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -251,9 +276,20 @@ def measure(
         "dtype": str(batch.embeds.dtype).replace("torch.", ""),
     }
     flops: dict[str, float] = {}
+    executors = {key: Executor(bb, mode if key == "method" else "drop") for key in plans}
+    # method and dense prefill interleaved: one stretch of machine time for both (see time_interleaved)
+    prefill = time_interleaved(
+        {
+            key: (lambda ex=executors[key], p=p: ex.prefill(batch, p, cache_extra=None))
+            for key, p in plans.items()
+        },
+        timing,
+        device,
+    )
+    details["prefill_order"] = "interleaved" if include_dense else "alone"
     for key, p in plans.items():
-        ex = Executor(bb, mode if key == "method" else "drop")
-        pre = time_call(lambda ex=ex, p=p: ex.prefill(batch, p, cache_extra=None), timing, device)
+        ex = executors[key]
+        pre = prefill[key]
         prefix = "prefill" if key == "method" else "dense_prefill"
         metrics.update(pre.summary(prefix))
         metrics[f"{prefix}_samples_per_s"] = batch.batch_size / pre.q(50)

@@ -5,7 +5,15 @@ import json
 import pytest
 
 from harness.cli import main
-from harness.latency import Timing, TimingConfig, measure, synthetic_backbone, synthetic_batch, time_call
+from harness.latency import (
+    Timing,
+    TimingConfig,
+    measure,
+    synthetic_backbone,
+    synthetic_batch,
+    time_call,
+    time_interleaved,
+)
 from harness.models.plan_spec import parse_plan
 
 
@@ -18,6 +26,34 @@ def test_timer_respects_warmup_min_repeats_and_cap():
     t = time_call(lambda: calls.append(1), TimingConfig(warmup=0, min_repeats=1, min_time_s=60.0, max_repeats=25),
                   __import__("torch").device("cpu"))  # fmt: skip
     assert len(calls) == 25, "max_repeats caps a minimum duration that is never reached"
+
+
+def test_interleaved_timer_spreads_both_calls_over_the_same_stretch(monkeypatch):
+    """The call with the least time spent runs next, and a call that is done keeps running while
+    the other is still short: a fast and a slow call share one stretch of (fake) time."""
+    import harness.latency as lat
+
+    cost = {"fast": 1.0, "slow": 3.0}
+    order: list[str] = []
+    monkeypatch.setattr(lat, "_timed", lambda fn, device: (fn(), cost[order[-1]])[1])
+    fns = {k: (lambda k=k: order.append(k)) for k in cost}
+    cfg = TimingConfig(warmup=2, min_repeats=2, min_time_s=5.0, max_repeats=100)
+    t = time_interleaved(fns, cfg, __import__("torch").device("cpu"))
+    assert order[:4] == ["fast", "fast", "slow", "slow"], "warm-up of each call first"
+    timed = order[4:]
+    # least time spent runs next (ties: the first named); slow is done after 2 calls (6 s >= 5 s),
+    # fast after 5 (5 s), and the two alternate until then
+    assert timed == ["fast", "slow", "fast", "fast", "fast", "slow", "fast"]
+    assert t["fast"].samples_s == [1.0] * 5 and t["slow"].samples_s == [3.0] * 2
+    # fast has its 4 repeats after 4 s, but keeps sampling (in step) until slow has its 4 (12 s)
+    order.clear()
+    t = time_interleaved(fns, TimingConfig(warmup=0, min_repeats=4, min_time_s=0.0, max_repeats=100),
+                         __import__("torch").device("cpu"))  # fmt: skip
+    assert order.count("slow") == 4 and order.count("fast") == 10 and order[-1] == "slow"
+    cfg = TimingConfig(warmup=0, min_repeats=2, min_time_s=30.0, max_repeats=3)
+    order.clear()
+    t = time_interleaved(fns, cfg, __import__("torch").device("cpu"))
+    assert len(t["fast"].samples_s) == 3 and len(t["slow"].samples_s) == 3, "max_repeats caps each call"
 
 
 def test_percentiles():
