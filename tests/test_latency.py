@@ -109,6 +109,12 @@ def test_latency_cli_json_keys(capsys):
     for key in ("prefill_p50_s", "dense_prefill_p50_s", "speedup", "flops_bound", "conversion", "machine"):
         assert key in data
     assert data["weights"] == "random-init" and data["method"] == "plan:keep=64@2"
+    assert data["prefill_order"] == "interleaved"
+    assert main(["latency", "--geometry", "llava-1.5", "--plan", "keep=64@2", "--batch", "1", "--layers", "4",
+                 "--hidden", "128", "--heads", "4", "--warmup", "0", "--min-repeats", "1", "--min-time", "0",
+                 "--decode-tokens", "0", "--no-dense", "--json"]) == 0  # fmt: skip
+    data = json.loads(capsys.readouterr().out)
+    assert data["prefill_order"] == "alone" and "dense_prefill_p50_s" not in data
 
 
 def test_latency_cli_rejects_bad_input(capsys):
