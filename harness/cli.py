@@ -651,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--arch",
         default="dense",
-        help="dense, vica or saisa (same recipe and budget, that structure in training)",
+        help="dense, vica, saisa or yopo (same recipe and budget, that structure in training)",
     )
     tr.add_argument(
         "--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to train (default cpu)"

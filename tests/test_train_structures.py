@@ -30,6 +30,10 @@ def _checkpoint(tmp_path, arch: str):
     tk.save_processor(out)
     meta = {"weights": "random-init", "architecture": arch}
     structure = T.Structure(arch)
+    if arch == "yopo":  # the method's defaults, with heads 1 and 3 pruned in layers 2-5
+        structure = T.yopo_structure(cfg)
+        structure.head_mask = tuple((0, 1, 2, 3) if li < 2 else (0, 2) for li in range(cfg.layers))
+        meta["calibration"] = {"yopo": {"head_mask": [list(h) for h in structure.head_mask]}}
     if arch == "vica":
         meta["vica"] = {"t2v_layers": [1, 4]}
         structure.t2v = (1, 4)
@@ -42,7 +46,7 @@ def _checkpoint(tmp_path, arch: str):
     return model, structure, out
 
 
-@pytest.mark.parametrize("arch", ["dense", "vica", "saisa"])
+@pytest.mark.parametrize("arch", ["dense", "vica", "saisa", "yopo"])
 def test_training_structure_equals_executor(tmp_path, arch):
     model, structure, path = _checkpoint(tmp_path, arch)
     bb = load_backbone(str(path))
@@ -68,18 +72,22 @@ def test_training_structure_equals_executor(tmp_path, arch):
 
 
 def test_arch_recipes_and_bad_arch(capsys):
-    dense, vica, saisa = (T.Recipe.default(arch=a) for a in T.ARCHES)
-    steps = [[st.steps for st in r.stages] for r in (dense, vica, saisa)]
-    assert steps[0] == steps[1] == steps[2]  # the same training budget
+    recipes = [T.Recipe.default(arch=a) for a in T.ARCHES]
+    assert T.ARCHES == ("dense", "vica", "saisa", "yopo")
+    steps = [[st.steps for st in r.stages] for r in recipes]
+    assert all(s == steps[0] for s in steps)  # the same training budget
+    vica = recipes[1]
     assert set(vica.stages[1].aux_layers) <= set(vica.t2v_layers)  # objects read where text sees them
-    with pytest.raises(ValueError, match="unknown arch 'yopo'"):
-        T.Recipe.default(arch="yopo")
-    assert main(["train", "tiny-llava", "--arch", "yopo"]) == 2
-    assert "--arch yopo: use one of dense, vica, saisa" in capsys.readouterr().err
+    # YOPO: objects are read before the cut, where text still sees visual values
+    assert max(recipes[3].stages[1].aux_layers) < T.yopo_structure(recipes[3].model).k_cut
+    with pytest.raises(ValueError, match="unknown arch 'fastv'"):
+        T.Recipe.default(arch="fastv")
+    assert main(["train", "tiny-llava", "--arch", "fastv"]) == 2
+    assert "--arch fastv: use one of dense, vica, saisa, yopo" in capsys.readouterr().err
 
 
 def test_train_arch_smoke_writes_what_the_loader_reads(tmp_path):
-    for arch in ("vica", "saisa"):
+    for arch in ("vica", "saisa", "yopo"):
         out = tmp_path / arch
         args = [
             "--threads",
@@ -100,6 +108,11 @@ def test_train_arch_smoke_writes_what_the_loader_reads(tmp_path):
         bb = load_backbone(str(out))
         if arch == "vica":
             assert bb.info["vica"]["t2v_layers"] == list(T.VICA_T2V)
+        elif arch == "yopo":  # the rules trained under are the yopo method's defaults on this model
+            plan = build_stack("yopo").plan(bb)
+            assert bb.info["yopo"]["k_cut"] == 6 and bb.info["yopo"]["ffn_width"] == bb.intermediate_size // 2
+            assert [lp.visual_query for lp in plan.layers] == [True] * 6 + [False] * 2
+            assert {lp.visual_ffn for lp in plan.layers} == {bb.info["yopo"]["ffn_width"]}
         else:
             assert isinstance(bb, SaisaBackbone) and len(bb.projectors) == bb.num_layers
             assert "saisa_projectors.safetensors" in meta["sha256"]

@@ -36,8 +36,8 @@ is a parallel float atomic add on CPU whenever two threads are used: two same-se
 full recipe agreed bit for bit for 826 steps, then drifted by one float ulp at step 527 of align
 and ended 10 points apart on counting.  Same seed and same thread count now give the same weights.
 
-``--arch vica|saisa`` trains the same stages under that method's structure (``Structure``): the
-equivalence tests check the training forward against the executor running the method.
+``--arch vica|saisa|yopo`` trains the same stages under that method's structure (``Structure``):
+the equivalence tests check the training forward against the executor running the method.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ VOCAB = {w: i for i, w in enumerate(tk.vocabulary())}
 PREFIX_WORDS = (tk.BOS_TOKEN + " " + tk.SYSTEM_PROMPT + " USER :").split()
 IMAGE_ID = VOCAB[tk.IMAGE_TOKEN]
 EVAL_MIX = {t: 1.0 for t in shapes.TASKS}
-ARCHES = ("dense", "vica", "saisa")
+ARCHES = ("dense", "vica", "saisa", "yopo")
 VICA_T2V = (0, 1, 2, 3)  # ViCA-7B's shape on 8 layers: the first two and an early middle band
 
 
@@ -314,11 +314,20 @@ class Structure:
     the projector output in every layer (no self-attention or FFN update); text reads them, through
     each layer's own input norm and K/V projections, only in ``t2v`` layers.  ``saisa``: before every
     layer the visual states are re-projected from the raw vision features by that layer's projector
-    (``projectors[l]``); they are keys and values only (their outputs are never read)."""
+    (``projectors[l]``); they are keys and values only (their outputs are never read).  ``yopo``
+    (the released code's semantics, the ``yopo`` method): before ``k_cut`` visual queries attend to
+    the system prefix and their ``window`` x ``window`` grid neighbours (non-causal), heads outside
+    ``head_mask[l]`` give visual queries no output and give text queries zeroed visual values (no
+    renormalisation); from ``k_cut`` on no head serves visual tokens; visual rows use the first
+    ``ffn_width`` FFN channels in every layer."""
 
     kind: str = "dense"
     t2v: tuple[int, ...] = ()
     projectors: torch.nn.ModuleList | None = None
+    window: int = 5
+    k_cut: int = 0
+    ffn_width: int = 0
+    head_mask: tuple[tuple[int, ...], ...] | None = None  # None: every head serves visual tokens
 
 
 DENSE = Structure()
@@ -385,7 +394,10 @@ def forward_packed(
         if li == copy_layer and len(batch.copies):
             onehot = F.one_hot(batch.copies[:, 2], h.shape[1]).bool()
             aux = aux + _attention_mass_loss(layer, h, mask, cos_sin, batch.copies[:, :2], onehot).mean()
-        h = layer(h, attention_mask=mask, position_embeddings=cos_sin)
+        if structure.kind == "yopo":
+            h = _yopo_layer(layer, li, h, mask, vis, cos_sin, structure)
+        else:
+            h = layer(h, attention_mask=mask, position_embeddings=cos_sin)
     rows = h[batch.answer_rows[:, 0], batch.answer_rows[:, 1]]
     logits = model.lm_head(lm.norm(rows))
     if aux_layers:
@@ -417,6 +429,62 @@ def forward_packed(
     return logits
 
 
+def yopo_structure(cfg: TinyConfig) -> Structure:
+    """The ``yopo`` method's defaults on this model: 5 x 5 window, half-width visual FFN, cut at
+    3/4 of the depth, every head serving visual tokens."""
+    return Structure("yopo", window=5, k_cut=(3 * cfg.layers) // 4, ffn_width=cfg.ffn // 2)
+
+
+def _rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = t.shape[-1] // 2
+    return t * cos + torch.cat((-t[..., half:], t[..., :half]), -1) * sin
+
+
+def _yopo_window(vis: torch.Tensor, window: int) -> torch.Tensor:
+    """[B, N, N] visual-to-visual pairs inside the window x window neighbourhood on the image grid
+    (the image is one contiguous run of NUM_IMAGE_TOKENS visual rows per sample, row-major)."""
+    slot = torch.cumsum(vis.long(), 1) - 1  # visual index of each visual row
+    r, c = slot // shapes.GRID, slot % shapes.GRID
+    half = (window - 1) // 2
+    near = ((r[:, :, None] - r[:, None, :]).abs() <= half) & ((c[:, :, None] - c[:, None, :]).abs() <= half)
+    return near & vis[:, :, None] & vis[:, None, :]
+
+
+def _yopo_layer(layer, li: int, h, mask, vis, cos_sin, structure: Structure) -> torch.Tensor:
+    """One decoder layer under YOPO's rules, from the layer's own submodules (no HF forward)."""
+    attn = layer.self_attn
+    b, n, _ = h.shape
+    d = attn.head_dim
+    hn = layer.input_layernorm(h)
+    q = attn.q_proj(hn).view(b, n, -1, d).transpose(1, 2)
+    k = attn.k_proj(hn).view(b, n, -1, d).transpose(1, 2)
+    v = attn.v_proj(hn).view(b, n, -1, d).transpose(1, 2)
+    cos, sin = cos_sin[0][:, None], cos_sin[1][:, None]
+    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    heads = q.shape[1]
+    k = k.repeat_interleave(heads // k.shape[1], dim=1)
+    v = v.repeat_interleave(heads // v.shape[1], dim=1)
+    before_cut = li < structure.k_cut
+    served = torch.zeros(heads, dtype=torch.bool, device=h.device)
+    if before_cut:
+        served[list(structure.head_mask[li]) if structure.head_mask is not None else slice(None)] = True
+    pruned = ~served[None, :, None, None]  # [1, H, 1, 1]
+    qv, kv = vis[:, None, :, None], vis[:, None, None, :]  # [B, 1, N, 1], [B, 1, 1, N]
+    allowed = mask  # [B, 1, N, N]
+    if before_cut:  # visual queries: the system prefix (causal) and the window (both ways)
+        win = _yopo_window(vis, structure.window)[:, None]
+        allowed = torch.where(qv & kv, win, allowed)
+    v = v.masked_fill(pruned & vis[:, None, :, None], 0.0)  # pruned heads: visual values zeroed
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=attn.scaling)
+    out = out.masked_fill(pruned & qv, 0.0)  # pruned heads give visual queries no output
+    h = h + attn.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+    mlp = layer.mlp
+    hn = layer.post_attention_layernorm(h)
+    act = mlp.act_fn(mlp.gate_proj(hn)) * mlp.up_proj(hn)
+    keep = ~vis[..., None] | (torch.arange(act.shape[-1], device=h.device) < structure.ffn_width)
+    return h + mlp.down_proj(act * keep.to(act.dtype))
+
+
 def _attention_mass_loss(
     layer,
     h: torch.Tensor,
@@ -439,12 +507,8 @@ def _attention_mass_loss(
     k = attn.k_proj(hn).view(b, n, -1, hd)  # [B, N, Hkv, d]
     cos, sin = cos_sin
 
-    def rot(t, c, s_):
-        half = t.shape[-1] // 2
-        return t * c + torch.cat((-t[..., half:], t[..., :half]), -1) * s_
-
-    q = rot(q, cos[bi, ri][:, None], sin[bi, ri][:, None])
-    k = rot(k, cos[:, :, None], sin[:, :, None])[bi]  # [Q, N, Hkv, d]
+    q = _rotate(q, cos[bi, ri][:, None], sin[bi, ri][:, None])
+    k = _rotate(k, cos[:, :, None], sin[:, :, None])[bi]  # [Q, N, Hkv, d]
     rep = q.shape[1] // k.shape[2]
     k = k.repeat_interleave(rep, dim=2)
     logits = torch.einsum("qhd,qnhd->qhn", q, k) * attn.scaling
@@ -489,7 +553,9 @@ class Recipe:
 
         ``arch`` trains the same stages, steps and data under another structure (same budget):
         ``vica`` reads objects in its T2V layers (ViCA-7B's shape: the first layers and an early
-        middle band), ``saisa`` adds one projector per layer."""
+        middle band), ``saisa`` adds one projector per layer, ``yopo`` runs the ``yopo`` method's
+        defaults (5 x 5 window, half-width visual FFN, cut at 3/4 of the depth, every head serving
+        visual tokens: the dense model's calibration keeps them all)."""
         if arch not in ARCHES:
             raise ValueError(f"unknown arch '{arch}': use one of {', '.join(ARCHES)}")
 
@@ -712,6 +778,8 @@ def train_tiny(
 
     model = build_model(recipe.model, seed=recipe.seed)
     structure = Structure(recipe.arch, tuple(recipe.t2v_layers))
+    if recipe.arch == "yopo":
+        structure = yopo_structure(recipe.model)
     if recipe.arch == "saisa":
         from harness.models.saisa import make_projectors
 
@@ -764,6 +832,10 @@ def train_tiny(
     elif recipe.arch == "vica":
         meta["architecture"] = "vica"
         meta["vica"] = {"t2v_layers": list(recipe.t2v_layers)}
+    elif recipe.arch == "yopo":  # plain LLaVA weights; the yopo method's defaults are these rules
+        meta["architecture"] = "yopo"
+        meta["yopo"] = {"window": structure.window, "k_cut": structure.k_cut, "ffn_width": structure.ffn_width,
+                        "head_mask": None}  # fmt: skip
     meta.update(summary)
     (out_dir / "seebench.json").write_text(json.dumps(meta, indent=2))
     (out_dir / "README.md").write_text(model_card(meta))
@@ -786,6 +858,13 @@ def model_card(meta: dict[str, Any]) -> str:
         title += f"\n\nThe {arch.upper()} structure in training: text reads visual K/V only in layers {rec['t2v_layers']}."
     elif arch == "saisa":
         title += "\n\nThe SAISA structure in training: one projector per decoder layer (`saisa_projectors.safetensors`)."
+    elif arch == "yopo":
+        y = meta["yopo"]
+        title += (
+            f"\n\nThe YOPO structure in training (the `yopo` method's rules): {y['window']} x {y['window']} visual"
+            f" window, visual FFN of the first {y['ffn_width']} channels, no head serving visual tokens"
+            f" from layer {y['k_cut']} on, every head serving them before."
+        )
     return f"""# {title}
 
 A `LlavaForConditionalGeneration` trained from scratch on the procedural `shapes` suite
