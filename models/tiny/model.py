@@ -120,7 +120,7 @@ def check_checkpoint(path: Path, name: str = "tiny-llava") -> Path:
 
 
 def default_checkpoint(arch: str = "dense") -> Path:
-    """The committed checkpoint of the embedded tiny model (``dense``, ``vica``, ``saisa``)."""
+    """The committed checkpoint of the embedded tiny model (``dense``, ``vica``, ``saisa``, ``yopo``)."""
     name = "tiny-llava" if arch == "dense" else f"tiny-llava-{arch}"
     return check_checkpoint(
         CHECKPOINT_DIR / name, "tiny-llava" + ("" if arch == "dense" else f" --arch {arch}")
