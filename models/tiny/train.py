@@ -365,6 +365,9 @@ def forward_packed(
     # text rows cannot read visual columns (ViCA outside its T2V layers); visual rows still see the
     # system prefix, so no row is empty
     blind = batch.mask & ~vis[:, None, None, :] if structure.kind == "vica" else batch.mask
+    if structure.kind == "yopo":  # before the cut, visual queries see the prefix and their window
+        vv = vis[:, None, :, None] & vis[:, None, None, :]
+        windowed = torch.where(vv, _yopo_window(vis, structure.window)[:, None], batch.mask)
     fixed_states: list[torch.Tensor] = []  # the visual states layers read (caption loss of vica/saisa)
     opt_layer = option_layer if option_layer is not None else (max(aux_layers) if aux_layers else None)
     for li, layer in enumerate(lm.layers):
@@ -395,7 +398,7 @@ def forward_packed(
             onehot = F.one_hot(batch.copies[:, 2], h.shape[1]).bool()
             aux = aux + _attention_mass_loss(layer, h, mask, cos_sin, batch.copies[:, :2], onehot).mean()
         if structure.kind == "yopo":
-            h = _yopo_layer(layer, li, h, mask, vis, cos_sin, structure)
+            h = _yopo_layer(layer, li, h, windowed if li < structure.k_cut else mask, vis, cos_sin, structure)
         else:
             h = layer(h, attention_mask=mask, position_embeddings=cos_sin)
     rows = h[batch.answer_rows[:, 0], batch.answer_rows[:, 1]]
@@ -450,8 +453,9 @@ def _yopo_window(vis: torch.Tensor, window: int) -> torch.Tensor:
     return near & vis[:, :, None] & vis[:, None, :]
 
 
-def _yopo_layer(layer, li: int, h, mask, vis, cos_sin, structure: Structure) -> torch.Tensor:
-    """One decoder layer under YOPO's rules, from the layer's own submodules (no HF forward)."""
+def _yopo_layer(layer, li: int, h, allowed, vis, cos_sin, structure: Structure) -> torch.Tensor:
+    """One decoder layer under YOPO's rules, from the layer's own submodules (no HF forward);
+    ``allowed`` [B, 1, N, N] is the layer's mask (windowed visual queries before the cut)."""
     attn = layer.self_attn
     b, n, _ = h.shape
     d = attn.head_dim
@@ -469,12 +473,8 @@ def _yopo_layer(layer, li: int, h, mask, vis, cos_sin, structure: Structure) -> 
     if before_cut:
         served[list(structure.head_mask[li]) if structure.head_mask is not None else slice(None)] = True
     pruned = ~served[None, :, None, None]  # [1, H, 1, 1]
-    qv, kv = vis[:, None, :, None], vis[:, None, None, :]  # [B, 1, N, 1], [B, 1, 1, N]
-    allowed = mask  # [B, 1, N, N]
-    if before_cut:  # visual queries: the system prefix (causal) and the window (both ways)
-        win = _yopo_window(vis, structure.window)[:, None]
-        allowed = torch.where(qv & kv, win, allowed)
-    v = v.masked_fill(pruned & vis[:, None, :, None], 0.0)  # pruned heads: visual values zeroed
+    qv = vis[:, None, :, None]  # [B, 1, N, 1]: visual rows (as queries, and as keys of v)
+    v = v.masked_fill(pruned & qv, 0.0)  # pruned heads: visual values zeroed
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=attn.scaling)
     out = out.masked_fill(pruned & qv, 0.0)  # pruned heads give visual queries no output
     h = h + attn.o_proj(out.transpose(1, 2).reshape(b, n, -1))
