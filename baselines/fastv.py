@@ -13,9 +13,10 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.models.method import Method, MethodError
-from harness.models.plan import SelectContext, VisualPlan
+from harness.models.plan import VisualPlan
+from harness.models.selection import SampleCounts, SelectContext, top_k_slots
 
-from .common import kept_count, top_k
+from .common import kept_count
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,11 @@ class TopKAttention:
     positions: str = "keep"
     needs: frozenset = frozenset({"attn_last"})
 
+    def kept(self, counts: SampleCounts) -> int:
+        return min(kept_count(self.budget, counts.n_visual), counts.present)
+
     def select(self, ctx: SelectContext):
-        return [top_k(s, kept_count(self.budget, n)) for s, n in zip(ctx.scores, ctx.n_visual, strict=True)]
+        return top_k_slots(ctx.scores, ctx.k)
 
 
 class Params(BaseModel):

@@ -15,7 +15,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.models.method import Method, MethodError
-from harness.models.plan import SelectContext, VisualPlan
+from harness.models.plan import VisualPlan
+from harness.models.selection import SampleCounts, SelectContext
 
 from .common import kept_count
 
@@ -27,14 +28,17 @@ class RandomSubset:
     positions: str = "renumber"
     needs: frozenset = frozenset()
 
+    def kept(self, counts: SampleCounts) -> int:
+        return min(kept_count(self.budget, counts.n_visual), counts.present)
+
     def select(self, ctx: SelectContext):
-        out = []
-        for sid, present, n in zip(ctx.sample_ids, ctx.visual_index, ctx.n_visual, strict=True):
+        # drawn on the CPU generator from host counts (the same tokens on every device, nothing
+        # read from the device), then uploaded once
+        out = torch.zeros(ctx.batch_size, ctx.k, dtype=torch.long)
+        for i, (sid, c, k) in enumerate(zip(ctx.sample_ids, ctx.counts, ctx.kept, strict=True)):
             g = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{sid}".encode()))
-            k = min(kept_count(self.budget, n), present.numel())
-            # drawn on the CPU generator (the same tokens on every device), then moved to the data
-            out.append(torch.randperm(present.numel(), generator=g)[:k].to(present.device))
-        return out
+            out[i, :k] = torch.randperm(c.present, generator=g)[:k]
+        return out.to(ctx.valid.device)
 
 
 class Params(BaseModel):

@@ -38,11 +38,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.models.method import Method, MethodError
-from harness.models.plan import ReducedVisual, SelectContext, VisualPlan
+from harness.models.plan import VisualPlan
+from harness.models.selection import SampleCounts, SelectContext, slots_of, top_k_slots
 
 from .common import check_layers, kept_count, top_k
 
@@ -55,17 +57,22 @@ PER_CLUSTER = 10  # recycled tokens per cluster
 
 @dataclass(frozen=True)
 class TextRaters:
-    """Per sample: indices into its text tokens of the raters (relevance above the mean)."""
+    """Per sample: which of its text tokens are raters (relevance above the mean) [B, T] bool."""
 
-    def choose(self, batch: Any) -> list[torch.Tensor]:
-        out = []
-        for i in range(batch.batch_size):
-            tt = batch.token_type[i]
-            hv = batch.embeds[i, tt == VISUAL].float()
-            ht = batch.embeds[i, tt == TEXT].float()
+    def choose(self, batch: Any) -> torch.Tensor:
+        lay = batch.layout
+        spans = lay.visual_spans()
+        text = [np.flatnonzero(lay.ttype[i] == TEXT) for i in range(batch.batch_size)]
+        width = max((r.size for r in text), default=0)
+        out = torch.zeros(batch.batch_size, width, dtype=torch.bool, device=batch.embeds.device)
+        for i, ((vs, ve), rows) in enumerate(zip(spans, text, strict=True)):
+            if not rows.size:
+                continue
+            hv = batch.embeds[i, vs:ve].float()
+            ht = batch.embeds[i, int(rows[0]) : int(rows[-1]) + 1].float()  # text follows the image
             relevance = torch.softmax(hv @ ht.transpose(0, 1), dim=-1).mean(0)
-            raters = torch.nonzero(relevance > relevance.mean()).flatten()
-            out.append(raters if raters.numel() else torch.arange(ht.shape[0], device=ht.device))
+            raters = relevance > relevance.mean()
+            out[i, : rows.size] = torch.where(raters.any(), raters, torch.ones_like(raters))  # none: all
         return out
 
 
@@ -108,26 +115,37 @@ class RaterTopK:
     needs: frozenset = frozenset({"attn_rows", "hidden_out"})
     rows: TextRaters = TextRaters()
 
-    def select(self, ctx: SelectContext) -> list[torch.Tensor]:
-        return [top_k(s, kept_count(self.keep, n)) for s, n in zip(ctx.scores, ctx.n_visual, strict=True)]
+    def kept(self, counts: SampleCounts) -> int:
+        return min(kept_count(self.keep, counts.n_visual), counts.present)
 
-    def recycle(self, ctx: SelectContext, chosen: list[torch.Tensor]) -> list[ReducedVisual | None]:
-        out: list[ReducedVisual | None] = []
-        for scores, hidden, index, kept in zip(ctx.scores, ctx.hidden, ctx.visual_index, chosen, strict=True):
-            deleted = torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device)
-            deleted[kept] = False
-            gone = torch.nonzero(deleted).flatten()
-            count, clusters = recycled_counts(gone.shape[0])
+    def recycled(self, counts: SampleCounts, kept: int) -> int:
+        return recycled_counts(counts.present - kept)[1]
+
+    def select(self, ctx: SelectContext) -> torch.Tensor:
+        return top_k_slots(ctx.scores, ctx.k)
+
+    def recycle(self, ctx: SelectContext, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Merged states [B, R, h] and, per merged token, the slot of its centre (whose identity it
+        takes); every count comes from the host, so each sample's clustering has static shapes."""
+        b = ctx.batch_size
+        made = [recycled_counts(c.present - k) for c, k in zip(ctx.counts, ctx.kept, strict=True)]
+        width = max((m for _, m in made), default=0)
+        hidden = ctx.hidden
+        embeds = hidden.new_zeros(b, width, hidden.shape[-1])
+        anchors = torch.zeros(b, width, dtype=torch.long, device=hidden.device)
+        for i, ((count, clusters), c, k) in enumerate(zip(made, ctx.counts, ctx.kept, strict=True)):
             if not count:
-                out.append(None)
                 continue
-            pick = gone[top_k(scores[gone], count)]  # by score, highest first
-            x = hidden[pick].float()
+            deleted = ctx.valid[i].clone()
+            deleted[chosen[i, :k]] = False
+            gone = slots_of(deleted[None], c.present - k)[0]  # deleted slots, ascending
+            pick = gone[top_k_slots(ctx.scores[i, gone], count)]  # by score, highest first
+            x = hidden[i, pick].float()
             centres, member = dpc_knn(x, clusters)
             onehot = (member[None, :] == torch.arange(clusters, device=x.device)[:, None]).float()
-            merged = (onehot @ x) / onehot.sum(1, keepdim=True)
-            out.append(ReducedVisual(merged.to(hidden.dtype), index[pick[centres]]))
-        return out
+            embeds[i, :clusters] = ((onehot @ x) / onehot.sum(1, keepdim=True)).to(hidden.dtype)
+            anchors[i, :clusters] = pick[centres]
+        return embeds, anchors
 
     def sample_overhead_macs(self, n_vis: int, n_visual: int, n_text: int, hidden: int) -> float:
         """Raters (first stage: H_V . H_T^T) and recycling (pairwise distances, cluster means)."""

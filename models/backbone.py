@@ -117,9 +117,8 @@ class Backbone:
         rot = torch.cat((-t[..., half:], t[..., :half]), dim=-1)
         return t * cos + rot * sin
 
-    def visual_projection(
-        self, layer: int, batch: Batch, vidx: torch.Tensor, x: torch.Tensor
-    ) -> torch.Tensor:
+    def layer_projection(self, layer: int, feats: torch.Tensor) -> torch.Tensor:
+        """Raw vision features [..., d_vis] -> layer ``layer``'s visual states [..., h] (SAISA)."""
         raise BackboneError(
             f"backbone '{self.family}' has no per-layer visual projectors; kv_source 'projector' needs "
             "an architecture with its own weights (e.g. saisa)"
@@ -288,7 +287,7 @@ def load_backbone(name_or_dir: str, dtype: torch.dtype = torch.float32, device: 
         tc = model.config.get_text_config()
         proj = load_projectors(
             path / "saisa_projectors.safetensors", d_vis, tc.hidden_size, tc.num_hidden_layers
-        ).to(device=device, dtype=dtype)  # with the model: visual_projection runs at its dtype
+        ).to(device=device, dtype=dtype)  # with the model: layer_projection runs at its dtype
         bb = SaisaBackbone(model, proj, processor=processor, source=name_or_dir, weights=weights)
     else:
         bb = wrap(model, processor=processor, source=name_or_dir, weights=weights)

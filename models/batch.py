@@ -11,7 +11,10 @@ from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from typing import Any
 
+import numpy as np
 import torch
+
+from .layout import Layout
 
 
 class TokenType(IntEnum):
@@ -33,6 +36,9 @@ class Batch:
     -1 elsewhere (LLaVA-NeXT: grid 0 = base image, 1 = high-resolution tiles; newline tokens -1).
     ``vision_features``: per sample, the raw vision features the projector consumed
     [n_visual, d_vision] (SAISA's per-layer projectors and pre-LLM methods read them).
+    ``layout``: the token types on the host (:class:`~.layout.Layout`), made from ``token_type``
+    when the batch is built on the CPU and carried by :meth:`to`, so that the executor plans every
+    layer without reading the device.
     """
 
     embeds: torch.Tensor
@@ -44,6 +50,11 @@ class Batch:
     sample_ids: list[str]
     vision_features: list[torch.Tensor] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    layout: Layout | None = None
+
+    def __post_init__(self) -> None:
+        if self.layout is None:  # built on the CPU by encode / the synthetic builder: no device read
+            self.layout = Layout.of(self.token_type)
 
     @property
     def batch_size(self) -> int:
@@ -58,10 +69,10 @@ class Batch:
         return self.token_type != TokenType.PAD
 
     def visual_counts(self) -> list[int]:
-        return (self.token_type == TokenType.VISUAL).sum(1).tolist()
+        return self.layout.count(int(TokenType.VISUAL))
 
     def lengths(self) -> list[int]:
-        return self.valid.sum(1).tolist()
+        return self.layout.lengths()
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Batch:
         """The batch on ``device``: every tensor field, ``vision_features`` and the tensors inside
@@ -71,8 +82,7 @@ class Batch:
 
     def select(self, rows: list[int]) -> Batch:
         """The sub-batch of the given samples, re-padded to their own longest length."""
-        lengths = self.valid[rows].sum(1)
-        n = int(lengths.max())
+        n = max(self.layout.lengths()[r] for r in rows)
         sl = slice(self.seq_len - n, self.seq_len)
         feats = None if self.vision_features is None else [self.vision_features[r] for r in rows]
         extras = dict(self.extras)
@@ -88,6 +98,7 @@ class Batch:
             sample_ids=[self.sample_ids[r] for r in rows],
             vision_features=feats,
             extras=extras,
+            layout=Layout(self.layout.ttype[rows, sl]),
         )
 
 
@@ -137,6 +148,18 @@ def left_pad_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return pos.clamp(min=0)[None]
 
 
+def upload(arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """Host integer arrays -> device int64 tensors in one copy (their shapes kept)."""
+    flat = np.concatenate([np.asarray(a, dtype=np.int64).ravel() for a in arrays])
+    dev = torch.from_numpy(flat).to(device)
+    out, at = [], 0
+    for a in arrays:
+        n = int(np.asarray(a).size)
+        out.append(dev[at : at + n].view(np.asarray(a).shape))
+        at += n
+    return out
+
+
 def apply_reduction(batch: Batch, reduced: list, mode: str = "drop") -> Batch:
     """Replace each sample's visual tokens by a pre-LLM reducer's output (``ReducedVisual``).
 
@@ -144,52 +167,61 @@ def apply_reduction(batch: Batch, reduced: list, mode: str = "drop") -> Batch:
     full length stays; the k tokens fill the first visual slots and the freed slots become padding
     (masked everywhere).  1-D positions are renumbered 0..n-1 over the real tokens (README 2.3);
     M-RoPE ids keep the original 3-D ids of each token's anchor (the spec's recorded deviation).
+    The new layout is worked out on the host from the old one and each reducer output's shape; the
+    device only gathers and concatenates (no device value is read).
     """
-    rows = []
-    for i, red in enumerate(reduced):
-        tt = batch.token_type[i]
-        real = (tt != TokenType.PAD).nonzero().flatten()
-        vis = (tt == TokenType.VISUAL).nonzero().flatten()
-        pre = real[real < vis[0]] if vis.numel() else real
-        post = real[real > vis[-1]] if vis.numel() else real[:0]
-        k = red.embeds.shape[0]
-        vrows = vis[red.anchors.to(vis.device).long()] if k else vis[:0]
-        rows.append((pre, vrows, post, red, int(vis.numel())))
-    b, h = batch.batch_size, batch.embeds.shape[-1]
+    lay = batch.layout
     full = mode == "mask"
-    lengths = [len(p) + (nv if full else len(v)) + len(q) for p, v, q, _, nv in rows]
+    spans = lay.visual_spans()
+    parts = []
+    for i, red in enumerate(reduced):
+        real = np.flatnonzero(lay.alive[i])
+        first = int(real[0]) if real.size else lay.rows
+        vs, ve = spans[i]
+        if ve == vs:  # no image: everything is "before"
+            vs = ve = int(real[-1]) + 1 if real.size else lay.rows
+        k = int(red.embeds.shape[0]) if ve > vs else 0
+        parts.append((first, vs, ve, int(real[-1]) + 1 if real.size else first, k))
+    lengths = [(vs - f) + ((ve - vs) if full else k) + (e - ve) for f, vs, ve, e, k in parts]
     n = max(lengths)
+    b, h = batch.batch_size, batch.embeds.shape[-1]
     P = batch.positions.shape[0]
     dev = batch.embeds.device
-    emb = batch.embeds.new_zeros(b, n, h)
-    tt = torch.zeros(b, n, dtype=batch.token_type.dtype, device=dev)
-    pos = torch.zeros(P, b, n, dtype=torch.long, device=dev)
-    vidx = torch.full((b, n), -1, dtype=torch.long, device=dev)
-    coords = torch.full((b, n, 3), -1, dtype=torch.long, device=dev)
-    next_pos = batch.next_position.clone()
-    for i, (pre, vrows, post, red, nv) in enumerate(rows):
+    tt = np.zeros((b, n), dtype=np.int64)
+    vidx = np.full((b, n), -1, dtype=np.int64)
+    pos1 = np.zeros((b, n), dtype=np.int64)
+    embeds, coords, pos3 = [], [], []
+    for i, ((f, vs, ve, e, k), red) in enumerate(zip(parts, reduced, strict=True)):
         start = n - lengths[i]
-        # fill: system rows, k visual rows (+ masked slots in mask mode), text rows
-        idx = start
-        for seg in (pre, vrows, post):
-            count = len(seg)
-            if seg is vrows:
-                emb[i, idx : idx + count] = red.embeds.to(device=dev, dtype=emb.dtype)
-                tt[i, idx : idx + count] = int(TokenType.VISUAL)
-                vidx[i, idx : idx + count] = torch.arange(count, device=dev)
-                coords[i, idx : idx + count] = batch.visual_coords[i, vrows]
-                pos[:, i, idx : idx + count] = batch.positions[:, i, vrows]
-                idx += count + ((nv - count) if full else 0)
-            else:
-                emb[i, idx : idx + count] = batch.embeds[i, seg]
-                tt[i, idx : idx + count] = batch.token_type[i, seg]
-                pos[:, i, idx : idx + count] = batch.positions[:, i, seg]
-                idx += count
-        if P == 1:
-            real = tt[i] != TokenType.PAD
-            pos[0, i, real] = torch.arange(int(real.sum()), device=dev)
-            next_pos[i] = int(real.sum())
+        nv = (ve - vs) if full else k
+        tt[i, start : start + (vs - f)] = lay.ttype[i, f:vs]
+        tt[i, start + (vs - f) : start + (vs - f) + k] = int(TokenType.VISUAL)
+        tt[i, start + (vs - f) + nv :] = lay.ttype[i, ve:e]
+        vidx[i, start + (vs - f) : start + (vs - f) + k] = np.arange(k)
+        real = tt[i] != int(TokenType.PAD)
+        pos1[i, real] = np.arange(int(real.sum()))
+        gap = nv - k
+        z = batch.embeds.new_zeros
+        segs = [z(start, h), batch.embeds[i, f:vs]]
+        segs += [red.embeds.to(device=dev, dtype=batch.embeds.dtype)] if k else []
+        segs += [z(gap, h)] if gap else []
+        segs.append(batch.embeds[i, ve:e])
+        embeds.append(torch.cat(segs))
+        anchors = red.anchors.to(dev).long() + vs if k else None
+        cz = batch.visual_coords.new_full
+        vis_c = [batch.visual_coords[i].index_select(0, anchors)] if k else []
+        coords.append(torch.cat([cz((start + vs - f, 3), -1), *vis_c, cz((gap + e - ve, 3), -1)]))
+        if P != 1:
+            p = batch.positions[:, i]
+            vis_p = [p.index_select(1, anchors)] if k else []
+            pz = p.new_zeros
+            pos3.append(torch.cat([pz(P, start), p[:, f:vs], *vis_p, pz(P, gap), p[:, ve:e]], 1))
+    next1 = (tt != int(TokenType.PAD)).sum(1)
+    d_tt, d_vidx, d_pos1, d_next = upload([tt, vidx, pos1, next1], dev)
+    positions = d_pos1[None] if P == 1 else torch.stack(pos3, 1)
     return Batch(
-        embeds=emb, token_type=tt, positions=pos, next_position=next_pos, visual_index=vidx, visual_coords=coords,
-        sample_ids=batch.sample_ids, vision_features=None, extras=dict(batch.extras, reduced=True),
+        embeds=torch.stack(embeds), token_type=d_tt.to(batch.token_type.dtype), positions=positions,
+        next_position=d_next if P == 1 else batch.next_position, visual_index=d_vidx,
+        visual_coords=torch.stack(coords), sample_ids=batch.sample_ids, vision_features=None,
+        extras=dict(batch.extras, reduced=True), layout=Layout(tt.astype(np.int8)),
     )  # fmt: skip

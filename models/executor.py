@@ -1,147 +1,115 @@
 """The executor: runs a backbone's decoder layers itself, carrying out a :class:`VisualPlan`.
 
-Follow one visual token: the batch (``batch.py``) gives it a type, an original position and a
-grid coordinate.  Before each layer the plan may replace its state (``kv_source``) or drop it
-(``drop_before``).  Inside the layer the plan decides whether it is a query (``visual_query``),
-which keys it sees (``visual_attn``), whether text sees it (``visual_kv``), which heads serve it
-(``visual_heads``) and how wide its FFN is (``visual_ffn``).  After the layer it may be dropped by
-a score computed inside the layer (``drop_after``), or merged with other dropped tokens into a
-recycled token placed right after the kept ones (the selector's ``recycle``, SparseVLM).  The KV
-cache (``kv_cache.py``) keeps, per layer, exactly the entries a generated token may read.
+A prefill has two halves.  On the host, the plan is compiled against the batch's token layout
+(``program.py``): which rows every layer computes, how it attends, what its cache keeps, how many
+tokens each selector keeps and where the survivors go.  On the device, :meth:`Executor.run_prefill`
+walks the compiled steps; it reads nothing back on the host, so a GPU never stalls in the layer
+loop and a fixed layout traces into one graph.  One layer, top to bottom, is :meth:`_layer`:
 
-Two modes carry out the same plan:
+1. the visual states may be replaced (``kv_source``: ViCA's layer-0 input, SAISA's projector);
+2. the layer's working rows are gathered, unless the previous layer left the same ones (ViCA's
+   text-only layers run on the system and text rows alone);
+3. the input norm, q/k/v projections and RoPE run on the rows that are queries or keys;
+4. attention: SDPA with ``is_causal`` when queries and keys are the same rows, bottom-right
+   causal when the queries are the last rows of the keys, two calls when a query prefix may only
+   see the keys before it, else one boolean mask compiled for the layout (YOPO's window is added
+   per call from grid coordinates); pruned heads get value multipliers or a second call;
+5. the residual update of the query rows, then the FFN of its rows (YOPO's visual FFN sliced);
+6. keys and values go to the layer's preallocated cache slots.
 
-* ``drop`` (default): only the rows a layer computes exist in its matmuls.  Query rows, key rows
-  and FFN rows are gathered per sample, dropped tokens leave the sequence, and the KV cache holds
-  only readable entries.  This is where real savings come from.
-* ``mask``: every token stays in every matmul and the plan is applied with boolean masks and
-  zeroed updates, as the reference implementations do.  ``drop`` and ``mask`` must give the same
-  logits (tests/test_executor_modes.py).
+Selectors (``drop_before`` / ``drop_after``) score the present visual tokens with ``sort`` / ``topk``
+at the static count the compiler fixed, and a gather moves the survivors into the new layout.
 
-No transformers internals are patched: the executor calls the HF submodules (``q_proj``,
-``k_proj``, ``v_proj``, ``o_proj``, the norms, ``mlp`` and its projections, the rotary embedding,
-``lm_head``) and PyTorch SDPA with boolean masks.  Attention scores are computed only for the rows
-a selector needs (the last prompt token, or the text rows a selector names), never by switching the
-model to eager attention.
+No transformers internals are patched: the executor calls the HF submodules (``q_proj``, ``k_proj``,
+``v_proj``, ``o_proj``, the norms, ``mlp`` and its projections, the rotary embedding, ``lm_head``)
+and PyTorch SDPA.  Attention scores are computed only for the rows a selector needs, never by
+switching the model to eager attention.  ``mode="mask"`` runs the reference executor
+(``reference_executor.py``), where every token stays in every matmul and the plan is applied by
+masks, as the methods' reference implementations do.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import OrderedDict
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
-from .batch import Batch, TokenType, apply_reduction
+from .batch import Batch, apply_reduction
+from .kernels import norm
 from .kv_cache import KVCache, LayerKV
-from .plan import LayerPlan, PlanError, SelectContext, VisualPlan
+from .outputs import LayerStats, PrefillOutput
+from .plan import VisualPlan
+from .program import Attention, CompileOptions, HeadRule, LayerStep, Program, SelectStep, compile_plan
+from .reference_executor import ReferenceExecutor
+from .selection import SelectContext
 
 Mode = Literal["drop", "mask"]
-VIS = int(TokenType.VISUAL)
-SYS = int(TokenType.SYSTEM)
-PAD = int(TokenType.PAD)
+__all__ = ["Executor", "LayerStats", "PrefillOutput"]
 
 
-@dataclass
-class LayerStats:
-    """Visual-token budget of one layer, per sample (README section 2.2)."""
+class _Run:
+    """The device state of one prefill: the token states, their positions and original slots, the
+    working rows of the current layer, and per-call caches (RoPE tables, window masks)."""
 
-    present: list[int]  # visual tokens carried into the layer
-    attn_q: list[int]  # visual tokens that are attention queries
-    kv: list[int]  # visual keys readable by non-visual queries
-    ffn: list[int]  # visual tokens through the FFN
-    rows_q: int = 0  # query rows computed (incl. padding slots): the work drop mode does
-    rows_kv: int = 0  # key rows computed
-    score_rows: list[int] = field(default_factory=list)  # attention-score rows of a drop_after selector
+    def __init__(self, x, pos, orig, next_pos, batch) -> None:
+        self.x = x  # [B, M, h] every row
+        self.pos = pos  # [P, B, M]
+        self.orig = orig  # [B, M] slot in the (reduced) input batch; padding rows: N
+        self.next_pos = next_pos  # [B]
+        self.batch = batch
+        self.work = None  # RowSet of the rows held in ``xw`` (None: none gathered)
+        self.work_key = -1
+        self.xw = x
+        self.rope: dict = {}
+        self.masks: dict = {}
+        self.raters: dict = {}
+        self.pending: dict = {}
+        self.coords = None
 
+    def enter(self, work, key: int) -> None:
+        if key == self.work_key:
+            return
+        self.flush()
+        self.xw = work.take(self.x)
+        self.work, self.work_key = work, key
 
-@dataclass
-class PrefillOutput:
-    logits: torch.Tensor  # [B, V] at the last prompt token
-    cache: KVCache | None
-    stats: list[LayerStats]
-    all_logits: torch.Tensor | None = None  # [B, N, V] at original sequence slots (rows not present: nan)
-    text_logits_mask: torch.Tensor | None = None  # [B, N] bool: slots holding real logits
-
-
-@dataclass
-class _Geometry:
-    """What a layer's roles make of the token state (see ``Executor._geometry``)."""
-
-    q_rows: torch.Tensor
-    kv_rows: torch.Tensor
-    ffn_rows: torch.Tensor
-    text_visible: torch.Tensor
-    q_idx: torch.Tensor | None
-    kv_idx: torch.Tensor | None
-    q_meta: dict[str, torch.Tensor]
-    k_meta: dict[str, torch.Tensor]
-    mask: torch.Tensor  # [B, 1, nq, nk] allowed (query, key) pairs
-    mask_filled: torch.Tensor  # the same with empty rows opened (SDPA needs a key per row)
-    empty: torch.Tensor  # [B, 1, nq, 1] rows with no allowed key
-    present: list[int]
-    attn_q: list[int]
-    kv: list[int]
-    ffn: list[int]
-    rope: tuple[torch.Tensor, ...] | None = None  # cos_q, sin_q, cos_k, sin_k (set on first use)
-    ffn_idx: dict = field(default_factory=dict)  # _ffn's gathered rows, per kind
+    def flush(self) -> None:
+        """Write the working rows back into the full state."""
+        if self.work is not None:
+            self.x = self.work.put(self.x, self.xw)
+            if self.work.kind == "all":
+                self.xw = self.x
+        self.work, self.work_key = None, -1
 
 
-@dataclass
-class _State:
-    """Per-sample token state, row-aligned; the last row of every tensor is a scratch row."""
-
-    x: torch.Tensor  # [B, M, h]
-    ttype: torch.Tensor  # [B, M]
-    pos: torch.Tensor  # [P, B, M]
-    order: torch.Tensor  # [B, M] original sequence slot (causality follows it)
-    vidx: torch.Tensor  # [B, M]
-    coords: torch.Tensor  # [B, M, 3]
-    alive: torch.Tensor  # [B, M] real token still taking part (mask mode marks drops here)
-    next_pos: torch.Tensor  # [B] position of the first generated token (changes on renumber)
-    renumbered: bool = False
-    log: list[str] = field(default_factory=list)
-    chosen_rows: dict = field(default_factory=dict)  # selector.rows -> its rows, once per prefill
-    version: int = 0  # bumped whenever the layout (rows, types, positions) changes
-    geometry: dict = field(default_factory=dict)  # (version, roles) -> _Geometry
-
-    @property
-    def m(self) -> int:
-        return self.x.shape[1]
-
-
-def _gather_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """t [B, M, ...] gathered at idx [B, K] along dim 1."""
-    if t.dim() == 2:
-        return torch.gather(t, 1, idx)
-    shape = idx.shape + t.shape[2:]
-    return torch.gather(t, 1, idx.reshape(*idx.shape, *([1] * (t.dim() - 2))).expand(shape))
-
-
-def _select_index(sel: torch.Tensor, scratch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row indices of the True entries of sel [B, M], per sample in row order, padded with the
-    scratch row; returns (idx [B, K], real [B, K])."""
-    counts = sel.sum(1)
-    k = int(counts.max()) if sel.numel() else 0
-    perm = torch.sort((~sel).to(torch.int8), dim=1, stable=True).indices[:, :k]
-    real = torch.arange(k, device=sel.device)[None] < counts[:, None]
-    idx = torch.where(real, perm, torch.full_like(perm, scratch))
-    return idx, real
+class _Step:
+    def __init__(self) -> None:
+        self.masks: dict = {}
 
 
 class Executor:
     """Runs prefill, decode and greedy generation of a backbone under a visual plan."""
 
-    def __init__(self, backbone, mode: Mode = "drop", observer=None) -> None:
+    def __init__(self, backbone, mode: Mode = "drop", observer=None, *, prefer_split: bool | None = None,
+                 lower_right_bias: bool | None = None, programs: int = 32) -> None:  # fmt: skip
         """``observer(layer, q, k, v, mask, q_meta, k_meta)``, if given, sees every layer's attention
-        inputs during prefill (post-RoPE q/k, boolean mask): calibration reads head statistics
-        from it without eager attention."""
+        inputs during prefill (post-RoPE q/k, boolean mask [B, 1, nq, nk], ``{"ttype": ...}`` of the
+        query and key rows): calibration reads head statistics from it without eager attention.
+        ``prefer_split`` / ``lower_right_bias`` choose two SDPA calls and torch's bottom-right
+        causal bias over compiled masks (default: on CUDA)."""
         if mode not in ("drop", "mask"):
             raise ValueError(f"unknown executor mode '{mode}': use 'drop' or 'mask'")
         self.bb = backbone
         self.mode: Mode = mode
         self.observer = observer
+        self.prefer_split = prefer_split
+        self.lower_right_bias = lower_right_bias
+        self._reference = ReferenceExecutor(backbone, "mask", observer) if mode == "mask" else None
+        self._programs: OrderedDict = OrderedDict()
+        self._max_programs = programs
 
     # ------------------------------------------------------------------ prefill
     @torch.inference_mode()
@@ -155,546 +123,413 @@ class Executor:
     ) -> PrefillOutput:
         """Run the prompt through every layer.  ``cache_extra``: generated tokens to reserve in
         the KV cache (``None`` = build no cache, e.g. for FLOPs and prefill-only timing)."""
+        if self._reference is not None:
+            return self._reference.prefill(batch, plan, all_logits=all_logits, cache_extra=cache_extra)
+        batch, program = self.prepare(batch, plan, cache_extra)
+        return self.run_prefill(program, batch, all_logits=all_logits)
+
+    def prepare(self, batch: Batch, plan: VisualPlan | None, cache_extra: int | None = None):
+        """Apply the plan's pre-LLM reducer, then compile (or reuse) the plan for the batch's
+        layout.  Returns (the batch the layers run on, its program)."""
         bb = self.bb
         plan = plan or VisualPlan.dense(bb.num_layers)
         plan.validate(bb.num_layers, bb.num_heads, bb.intermediate_size)
         if plan.reducer is not None:
-            batch = apply_reduction(batch, plan.reducer.reduce(bb, batch), self.mode)
-        st = self._initial_state(batch)
-        layers_kv: list[LayerKV] = []
-        stats: list[LayerStats] = []
-        for li, lp in enumerate(plan.layers):
-            if lp.kv_source != "state":
-                self._overwrite_visual(st, batch, li, lp)
-            if lp.drop_before is not None:
-                self._apply_selector(st, li, lp, lp.drop_before, batch, when="before")
-            kv = self._layer(st, li, lp, stats, batch, cache_extra)
-            if kv is not None:
-                layers_kv.append(kv)
-        hidden_last, last_rows = self._last_rows(st)
-        logits = bb.lm_head(bb.norm(hidden_last))[:, 0]
-        out = PrefillOutput(
-            logits=logits.float(),
-            cache=KVCache(layers_kv) if cache_extra is not None else None,
-            stats=stats,
-        )
+            batch = apply_reduction(batch, plan.reducer.reduce(bb, batch), "drop")
+        return batch, self.compile(batch, plan, cache_extra)
+
+    def compile(self, batch: Batch, plan: VisualPlan, cache_extra: int | None) -> Program:
+        dev, dtype = batch.embeds.device, batch.embeds.dtype
+        key = (plan, batch.layout.key, dev, dtype, cache_extra, self.observer is not None)
+        prog = self._programs.get(key)
+        if prog is not None:
+            self._programs.move_to_end(key)
+            return prog
+        cuda = dev.type == "cuda"
+        opts = CompileOptions(
+            device=dev, dtype=dtype, heads=self.bb.num_heads, kv_heads=self.bb.num_kv_heads,
+            cache_extra=cache_extra, explicit_masks=self.observer is not None,
+            prefer_split=cuda if self.prefer_split is None else self.prefer_split,
+            lower_right_bias=cuda if self.lower_right_bias is None else self.lower_right_bias,
+        )  # fmt: skip
+        prog = compile_plan(plan, batch.layout, opts, batch.layout.count(2), batch.sample_ids,
+                            self.bb.position_dims)  # fmt: skip
+        prog.plan = plan
+        self._programs[key] = prog
+        while len(self._programs) > self._max_programs:
+            self._programs.popitem(last=False)
+        return prog
+
+    def run_prefill(self, program: Program, batch: Batch, *, all_logits: bool = False) -> PrefillOutput:
+        """The device half of a prefill: no host reads, so a fixed layout traces into one graph."""
+        bb = self.bb
+        x, pos = batch.embeds, batch.positions
+        b = x.shape[0]
+        if program.scratch:
+            x = torch.cat([x, x.new_zeros(b, 1, x.shape[-1])], 1)
+            pos = torch.cat([pos, pos.new_zeros(pos.shape[0], b, 1)], 2)
+        elif program.clone_input:
+            x = x.clone()
+        st = _Run(x, pos, program.init_orig, batch.next_position, batch)
+        caches: list[LayerKV] = []
+        for step in program.steps:
+            if isinstance(step, LayerStep):
+                kv = self._layer(st, step)
+                if kv is not None:
+                    caches.append(kv)
+            else:
+                self._select(st, step)
+        if program.last_in_work is not None and st.work is not None:
+            h_last = program.last_in_work.take(st.xw)
+        else:
+            st.flush()
+            h_last = program.last_rows.take(st.x)
+        logits = bb.lm_head(norm(bb.norm, h_last))[:, 0]
+        cache = None
+        if program.has_cache:
+            cache = KVCache(caches, step=torch.zeros(1, dtype=torch.long, device=x.device), plan=program.plan,
+                            extra=program.extra)  # fmt: skip
+        out = PrefillOutput(logits=logits.float(), cache=cache, stats=program.stats)
         if all_logits:
+            st.flush()
             n = batch.seq_len
-            dev = st.x.device
-            full = torch.full((batch.batch_size, n, logits.shape[-1]), float("nan"), device=dev)
-            have = st.alive[:, :-1] & (st.ttype[:, :-1] != PAD)
-            lg = bb.lm_head(bb.norm(st.x[:, :-1])).float()
-            b_idx, r_idx = torch.nonzero(have, as_tuple=True)
-            full[b_idx, st.order[b_idx, r_idx]] = lg[b_idx, r_idx]
-            mask = torch.zeros(batch.batch_size, n, dtype=torch.bool, device=dev)
-            mask[b_idx, st.order[b_idx, r_idx]] = True
-            out.all_logits, out.text_logits_mask = full, mask
+            lg = bb.lm_head(norm(bb.norm, st.x)).float()
+            full = lg.new_full((b, n + 1, lg.shape[-1]), float("nan"))
+            full.scatter_(1, st.orig[..., None].expand(-1, -1, lg.shape[-1]), lg)
+            have = torch.zeros(b, n + 1, dtype=torch.bool, device=x.device)
+            have.scatter_(1, st.orig, program.final_alive.expand(b, -1))
+            out.all_logits, out.text_logits_mask = full[:, :n], have[:, :n]
         return out
 
-    def _initial_state(self, batch: Batch) -> _State:
-        b, n, h = batch.embeds.shape
-        dev = batch.embeds.device
-
-        def pad1(t: torch.Tensor, value) -> torch.Tensor:
-            extra = torch.full((*t.shape[:-1], 1), value, dtype=t.dtype, device=dev)
-            return torch.cat([t, extra], dim=-1)
-
-        x = torch.cat([batch.embeds, batch.embeds.new_zeros(b, 1, h)], 1)
-        coords = torch.cat([batch.visual_coords, batch.visual_coords.new_full((b, 1, 3), -1)], 1)
-        ttype = pad1(batch.token_type.long(), PAD)
-        return _State(
-            x=x,
-            ttype=ttype,
-            pos=pad1(batch.positions.long(), 0),
-            order=pad1(torch.arange(n, device=dev).expand(b, n), n),
-            vidx=pad1(batch.visual_index.long(), -1),
-            coords=coords,
-            alive=ttype != PAD,
-            next_pos=batch.next_position.clone().long(),
-        )
-
     # ------------------------------------------------------------------ one layer
-    def _roles(self, st: _State, lp: LayerPlan) -> tuple[torch.Tensor, ...]:
-        """Row masks [B, M]: attention queries, key/value rows, FFN rows, keys text may read."""
-        valid = st.alive
-        is_vis = st.ttype == VIS
-        non_vis = valid & ~is_vis
-        vis = valid & is_vis
-        none = torch.zeros_like(valid)
-        q_rows = non_vis if lp.system_query else (non_vis & (st.ttype != SYS))
-        if lp.visual_query:
-            q_rows = q_rows | vis
-        vis_as_key = lp.visual_kv or (lp.visual_query and lp.visual_attn != "none")
-        kv_rows = non_vis | (vis if vis_as_key else none)
-        ffn_rows = non_vis | (vis if lp.visual_ffn != 0 else none)
-        text_visible = non_vis | (vis if lp.visual_kv else none)
-        return q_rows, kv_rows, ffn_rows, text_visible
-
-    def _layer(
-        self,
-        st: _State,
-        li: int,
-        lp: LayerPlan,
-        stats: list[LayerStats],
-        batch: Batch,
-        cache_extra: int | None,
-    ) -> LayerKV | None:
+    def _layer(self, st: _Run, s: LayerStep) -> LayerKV | None:
         bb = self.bb
-        layer = bb.layers[li]
+        layer = bb.layers[s.index]
         attn = layer.self_attn
-        g = self._geometry(st, lp)
-        q_rows, text_visible = g.q_rows, g.text_visible
-        q_idx, kv_idx, q_meta, k_meta = g.q_idx, g.kv_idx, g.q_meta, g.k_meta
-        stats.append(
-            LayerStats(present=list(g.present), attn_q=list(g.attn_q), kv=list(g.kv), ffn=list(g.ffn))
-        )
-        scratch = st.m - 1
-
-        # idx None = every row but the scratch row (nothing gathered); else the gathered rows, and
-        # only those are normalised (rows a layer does not use cost nothing)
-        norm = layer.input_layernorm
-        hn = norm(st.x) if q_idx is None or kv_idx is None else None
-        hq = hn[:, :-1] if q_idx is None else norm(_gather_rows(st.x, q_idx))
-        if kv_idx is q_idx:
-            hk = hq
-        else:
-            hk = hn[:, :-1] if kv_idx is None else norm(_gather_rows(st.x, kv_idx))
-        b, nq, _ = hq.shape
-        nk = hk.shape[1]
+        if s.overwrite is not None:
+            self._overwrite(st, s)
+        st.enter(s.work, s.work_key)
+        xw = st.xw
+        hn = norm(layer.input_layernorm, s.norm_rows.take(xw))
+        hq = hn if s.norm_is_q else s.q.take(hn)
+        hk = hn if s.norm_is_k else s.k.take(hn)
+        b, nq, nk = hq.shape[0], hq.shape[1], hk.shape[1]
         H, Hkv, d = bb.num_heads, bb.num_kv_heads, bb.head_dim
         q = attn.q_proj(hq).view(b, nq, H, d).transpose(1, 2)
         k = attn.k_proj(hk).view(b, nk, Hkv, d).transpose(1, 2)
         v = attn.v_proj(hk).view(b, nk, Hkv, d).transpose(1, 2)
-        if g.rope is None:
-            cos_q, sin_q = bb.rope(hq, q_meta["pos"])
-            g.rope = (cos_q, sin_q, *((cos_q, sin_q) if kv_idx is q_idx else bb.rope(hk, k_meta["pos"])))
-        cos_q, sin_q, cos_k, sin_k = g.rope
+        cos_q, sin_q, cos_k, sin_k = self._rope(st, s, hn)
         q = bb.rotate(q, cos_q, sin_q)
         k = bb.rotate(k, cos_k, sin_k)
-
-        # which (query, key) pairs are allowed, and per-head rules
-        mask = g.mask  # [B, 1, nq, nk]
-        v_used = v
-        head_zero_q = None
-        if lp.visual_heads is not None:
-            mask, v_used, head_zero_q = self._head_rules(lp, mask, v, q_meta, k_meta, H, Hkv)
         if self.observer is not None:
-            self.observer(li, q, k, v, mask, q_meta, k_meta)
-        if lp.visual_heads is None:  # the layer's own mask: its empty rows are known
-            mask, empty = g.mask_filled, g.empty
-        else:
-            empty = ~mask.any(-1, keepdim=True)  # rows with no allowed key (e.g. padding)
-            mask = mask | empty
-        gqa = int(v_used.shape[1]) != H
-        k_used = k if int(v_used.shape[1]) == int(k.shape[1]) else _expand_kv(k, H)
-        out = F.scaled_dot_product_attention(
-            q, k_used, v_used, attn_mask=mask, scale=attn.scaling, enable_gqa=gqa
-        )
-        out = out.masked_fill(empty, 0.0)
-        if head_zero_q is not None:
-            out = out.masked_fill(head_zero_q, 0.0)
-        out = out.transpose(1, 2).reshape(b, nq, H * d)
-        upd = attn.o_proj(out)
-
-        scores = None
-        if lp.drop_after is not None and "attn_last" in lp.drop_after.needs:
-            scores = self._last_row_scores(q, k, mask, q_meta, attn.scaling)
-            stats[-1].score_rows = [1] * b
-        elif lp.drop_after is not None and "attn_rows" in lp.drop_after.needs:
-            scores, rows = self._text_row_scores(st, lp.drop_after, batch, q, k, mask, q_idx, attn.scaling)
-            stats[-1].score_rows = rows
-
-        # residual update of the query rows
-        if q_idx is None:
-            st.x[:, :-1] += upd * q_rows[:, :-1, None].to(upd.dtype)
-        else:
-            st.x.scatter_add_(1, q_idx[..., None].expand(-1, -1, upd.shape[-1]), upd)
-        self._ffn(st, layer, lp, g, scratch)
-        st.x[:, -1] = 0
-
-        s = stats[-1]
-        s.rows_q, s.rows_kv = b * nq, b * nk
-
-        kv = None
-        if cache_extra is not None:
-            tv = text_visible[:, :-1] if kv_idx is None else _gather_rows(text_visible, kv_idx)
-            kvis = k_meta["ttype"] == VIS
-            kv = LayerKV.from_prefill(k, v, tv, kvis, st.next_pos, cache_extra)
-            if self.mode == "drop":
-                kv = _compact_kv(kv)  # a real per-layer cache holds only readable entries
-        if lp.drop_after is not None:
-            self._apply_selector(
-                st, li, lp, lp.drop_after, batch, when="after", scores=scores, keys=(k, k_meta)
-            )
-        return kv
-
-    def _geometry(self, st: _State, lp: LayerPlan) -> _Geometry:
-        """Roles, gathered rows, metadata, attention mask and RoPE of a layer.  They depend only on
-        the token state's layout and on the plan fields that set roles, so layers with the same
-        roles on an unchanged state (every dense layer; ViCA's layers outside T2V) share one."""
-        key = (st.version, lp.visual_query, lp.visual_kv, lp.visual_attn, lp.window, lp.visual_ffn == 0,
-               lp.system_query)  # fmt: skip
-        if key in st.geometry:
-            return st.geometry[key]
-        q_rows, kv_rows, ffn_rows, text_visible = self._roles(st, lp)
-        is_vis = st.ttype == VIS
-        scratch = st.m - 1
-        if self.mode == "mask":
-            q_idx = kv_idx = None
-        else:
-            q_idx = None if bool((q_rows == st.alive).all()) else _select_index(q_rows, scratch)[0]
-            same = bool((kv_rows == q_rows).all())  # e.g. text-only layers: one gather, one RoPE
-            kv_idx = (
-                q_idx
-                if same
-                else (None if bool((kv_rows == st.alive).all()) else _select_index(kv_rows, scratch)[0])
-            )
-        q_meta = self._meta(st, q_idx)
-        k_meta = q_meta if kv_idx is q_idx else self._meta(st, kv_idx)
-        q_ok = q_rows[:, :-1] if q_idx is None else _gather_rows(q_rows, q_idx)
-        k_ok = kv_rows[:, :-1] if kv_idx is None else _gather_rows(kv_rows, kv_idx)
-        mask = self._attn_mask(lp, q_meta, k_meta, q_ok, k_ok)
-        empty = ~mask.any(-1, keepdim=True)
-        g = _Geometry(
-            q_rows=q_rows, kv_rows=kv_rows, ffn_rows=ffn_rows, text_visible=text_visible,
-            q_idx=q_idx, kv_idx=kv_idx, q_meta=q_meta, k_meta=k_meta, mask=mask, mask_filled=mask | empty,
-            empty=empty, present=(st.alive & is_vis).sum(1).tolist(), attn_q=(q_rows & is_vis).sum(1).tolist(),
-            kv=(text_visible & is_vis).sum(1).tolist(), ffn=(ffn_rows & is_vis).sum(1).tolist(),
+            q_tt, k_tt = s.observer_meta
+            mask = self._mask(st, s.attn).expand(b, -1, -1, -1)
+            self.observer(s.index, q, k, v, mask, {"ttype": q_tt}, {"ttype": k_tt})
+        out = self._attend(st, s.attn, q, k, v, attn.scaling)
+        upd = attn.o_proj(out.transpose(1, 2).reshape(b, nq, H * d))
+        if s.score_last is not None or s.score_rows is not None or s.txt_in_k is not None:
+            self._layer_scores(st, s, q, k, attn.scaling)
+        xw = s.q_in_work.add(xw, upd)
+        mlp, norm2 = layer.mlp, layer.post_attention_layernorm
+        if s.ffn_full is not None:
+            xw = s.ffn_full.add(xw, mlp(norm(norm2, s.ffn_full.take(xw))))
+        if s.ffn_part is not None:
+            xw = s.ffn_part.add(xw, _sliced_mlp(mlp, norm(norm2, s.ffn_part.take(xw)), s.plan.visual_ffn))
+        st.xw = xw
+        if s.work.kind == "all":
+            st.x = xw
+        if s.cache is None:
+            return None
+        c = s.cache
+        kk, vv = (k, v) if c.rows is None else (c.rows.take_heads(k), c.rows.take_heads(v))
+        return LayerKV.allocate(
+            kk, vv, c.extra, prefill_valid=c.prefill_valid, is_visual=c.is_visual_dev, next_pos=st.next_pos,
+            readable=c.readable, visual=c.visual, geometry=(c.key, s.pos_version),
         )  # fmt: skip
-        st.geometry[key] = g
-        return g
 
-    def _meta(self, st: _State, idx: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        if idx is None:
-            return {"ttype": st.ttype[:, :-1], "order": st.order[:, :-1], "coords": st.coords[:, :-1],
-                    "pos": st.pos[:, :, :-1]}  # fmt: skip
-        pos = torch.stack([_gather_rows(p, idx) for p in st.pos])
-        return {
-            "ttype": _gather_rows(st.ttype, idx),
-            "order": _gather_rows(st.order, idx),
-            "coords": _gather_rows(st.coords, idx),
-            "pos": pos,
-        }
+    def _rope(self, st: _Run, s: LayerStep, hn: torch.Tensor):
+        """cos/sin of the norm rows, and their query and key rows; computed once per layout and
+        row set (every dense layer shares one table, as in the HF forward)."""
+        if s.rope_u not in st.rope:
+            st.rope[s.rope_u] = self.bb.rope(hn, s.pos_rows.take(st.pos, 2))
+        cu, su = st.rope[s.rope_u]
+        out = []
+        for rows, is_all, key in ((s.q, s.norm_is_q, s.rope_q), (s.k, s.norm_is_k, s.rope_k)):
+            if is_all:
+                out += [cu, su]
+                continue
+            if key not in st.rope:
+                st.rope[key] = (rows.take(cu), rows.take(su))
+            out += list(st.rope[key])
+        return out
 
-    def _attn_mask(self, lp: LayerPlan, qm, km, q_ok: torch.Tensor, k_ok: torch.Tensor) -> torch.Tensor:
-        causal = km["order"][:, None, :] <= qm["order"][:, :, None]
-        allowed = causal & k_ok[:, None, :] & q_ok[:, :, None]
-        q_vis = (qm["ttype"] == VIS)[:, :, None]
-        k_vis = (km["ttype"] == VIS)[:, None, :]
-        if not lp.visual_kv:
-            allowed = allowed & ~(~q_vis & k_vis)
-        if lp.visual_attn == "none":
-            allowed = allowed & ~(q_vis & k_vis)
-        elif lp.visual_attn == "window":
-            r = (lp.window - 1) // 2
-            qc, kc = qm["coords"][:, :, None, :], km["coords"][:, None, :, :]
-            diff = (qc[..., 1:] - kc[..., 1:]).abs()
-            in_win = (qc[..., 0] == kc[..., 0]) & (diff[..., 0] <= r) & (diff[..., 1] <= r)
-            vv = q_vis & k_vis
-            allowed = torch.where(vv, in_win & k_ok[:, None, :] & q_ok[:, :, None], allowed)
-        return allowed[:, None]
+    def _overwrite(self, st: _Run, s: LayerStep) -> None:
+        """kv_source 'fixed' (ViCA: the layer-0 input) or 'projector' (SAISA: P_l(f))."""
+        st.flush()
+        rows = s.overwrite.rows
+        batch = st.batch
+        src = rows.take(st.orig).clamp(max=batch.seq_len - 1)  # [B, V] slots in the input batch
+        if s.overwrite.kind == "fixed":
+            vals = torch.gather(batch.embeds, 1, src[..., None].expand(-1, -1, batch.embeds.shape[-1]))
+        else:
+            vidx = torch.gather(batch.visual_index, 1, src).clamp(min=0)
+            feats = _padded_features(st)
+            f = torch.gather(feats, 1, vidx[..., None].expand(-1, -1, feats.shape[-1]))
+            vals = self.bb.layer_projection(s.index, f).to(st.x.dtype)
+        st.x = rows.put(st.x, vals)
 
-    def _head_rules(self, lp: LayerPlan, mask, v, qm, km, H: int, Hkv: int):
-        """Heads outside ``visual_heads``: visual queries get no output; non-visual queries see
-        no visual keys (``drop_keys``) or see them with zeroed values (``zero_values``)."""
-        dev = mask.device
-        served = torch.zeros(H, dtype=torch.bool, device=dev)
-        served[list(lp.visual_heads)] = True
-        pruned = ~served[None, :, None, None]  # [1, H, 1, 1]
-        q_vis = (qm["ttype"] == VIS)[:, None, :, None]  # [B, 1, nq, 1]
-        k_vis = (km["ttype"] == VIS)[:, None, None, :]  # [B, 1, 1, nk]
-        head_zero_q = pruned & q_vis  # [B, H, nq, 1]
-        mask = mask.expand(-1, H, -1, -1)
-        v_used = v
-        if lp.head_mode == "drop_keys":
-            mask = mask & ~(pruned & ~q_vis & k_vis)
-        else:  # zero_values: softmax over all keys, visual values zeroed for pruned heads
-            v_used = _expand_kv(v, H).clone()
-            kv_vis = (km["ttype"] == VIS)[:, None, :, None]  # [B, 1, nk, 1]
-            v_used = v_used.masked_fill(pruned & kv_vis, 0.0)
-        return mask, v_used, head_zero_q
+    # ------------------------------------------------------------------ attention
+    def _attend(self, st, a: Attention, q, k, v, scale: float) -> torch.Tensor:
+        """One head rule for prefill and decode: served heads attend as the layer does; pruned
+        heads see visual keys with zeroed values (``zero_values``) or not at all (``drop_keys``),
+        and give visual queries no output."""
+        h: HeadRule | None = a.heads
+        if h is None:
+            out = self._sdpa(st, a, q, k, v, scale)
+        elif h.mode == "zero_values":
+            H = q.shape[1]
+            out = self._sdpa(st, a, q, _expand_kv(k, H), _expand_kv(v, H) * h.vkeep, scale)
+            if h.qkeep is not None:
+                out = out * h.qkeep
+        else:
+            served = self._sdpa(st, a, q.index_select(1, h.served), k.index_select(1, h.served_kv),
+                                v.index_select(1, h.served_kv), scale)  # fmt: skip
+            pruned = self._sdpa(st, a, q.index_select(1, h.pruned), k.index_select(1, h.pruned_kv),
+                                v.index_select(1, h.pruned_kv), scale, restrict=h.restrict)  # fmt: skip
+            if h.qkeep is not None:
+                pruned = pruned * h.qkeep
+            out = torch.cat([served, pruned], 1).index_select(1, h.inverse)
+        if a.qzero is not None:
+            out = out * a.qzero
+        return out
 
-    def _ffn(self, st: _State, layer, lp: LayerPlan, g: _Geometry, scratch: int) -> None:
-        mlp = layer.mlp
-        ffn_rows = g.ffn_rows
-        width = lp.visual_ffn
-        if self.mode == "mask":
-            hn = layer.post_attention_layernorm(st.x[:, :-1])
-            if width is None or width == 0:
-                upd = mlp(hn)
-            else:
-                act = mlp.act_fn(mlp.gate_proj(hn)) * mlp.up_proj(hn)
-                ch = torch.arange(act.shape[-1], device=act.device)
-                keep = (st.ttype[:, :-1, None] != VIS) | (ch < width)
-                upd = mlp.down_proj(act * keep.to(act.dtype))
-            st.x[:, :-1] += upd * ffn_rows[:, :-1, None].to(upd.dtype)
-            return
-        partial = width is not None and width != 0
-        if partial not in g.ffn_idx:  # (rows with the full FFN, rows with the sliced one)
-            is_vis = st.ttype == VIS
-            full_rows = ffn_rows & ~is_vis if partial else ffn_rows
-            part_rows = ffn_rows & is_vis if partial else torch.zeros_like(ffn_rows)
-            full = "all" if bool((full_rows == st.alive).all()) else None
-            if full is None and bool(full_rows.any()):
-                full = _select_index(full_rows, scratch)[0]
-            part = _select_index(part_rows, scratch)[0] if bool(part_rows.any()) else None
-            g.ffn_idx[partial] = (full, part)
-        full, part = g.ffn_idx[partial]
-        if isinstance(full, str):
-            st.x[:, :-1] += mlp(layer.post_attention_layernorm(st.x[:, :-1]))
-        elif full is not None:
-            hn = layer.post_attention_layernorm(_gather_rows(st.x, full))
-            st.x.scatter_add_(1, full[..., None].expand(-1, -1, hn.shape[-1]), mlp(hn))
-        if part is not None:
-            hn = layer.post_attention_layernorm(_gather_rows(st.x, part))
-            upd = _sliced_mlp(mlp, hn, width)
-            st.x.scatter_add_(1, part[..., None].expand(-1, -1, upd.shape[-1]), upd)
+    def _sdpa(self, st, a: Attention, q, k, v, scale: float, restrict=None) -> torch.Tensor:
+        gqa = int(k.shape[1]) != int(q.shape[1])  # python ints also under jit tracing (fvcore)
+        if a.kind == "causal":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+        if a.kind == "suffix":
+            mask = a.mask if a.mask is not None else causal_lower_right(a.nq, a.nk)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+        if a.kind == "split":
+            p = a.split
+            first = F.scaled_dot_product_attention(
+                q[:, :, :p], k[:, :, :p], v[:, :, :p], is_causal=True, scale=scale, enable_gqa=gqa
+            )
+            mask = a.mask if a.mask is not None else causal_lower_right(a.nq - p, a.nk)
+            rest = F.scaled_dot_product_attention(
+                q[:, :, p:], k, v, attn_mask=mask, scale=scale, enable_gqa=gqa
+            )
+            return torch.cat([first, rest], 2)
+        mask = self._mask(st, a)
+        if restrict is not None:
+            key = ("restrict", a.key, id(restrict))
+            if key not in st.masks:
+                st.masks[key] = mask & ~restrict
+            mask = st.masks[key]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
-    # ------------------------------------------------------------------ token selection
-    def _last_rows(self, st: _State) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hidden state of each sample's last real token, and its row index."""
-        key = torch.where(st.alive, st.order, torch.full_like(st.order, -1))
-        rows = key.argmax(1)
-        return st.x[torch.arange(st.x.shape[0], device=st.x.device), rows][:, None], rows
+    def _mask(self, st, a: Attention) -> torch.Tensor:
+        """The layer's boolean mask; with YOPO's window, completed once per call from the grid
+        coordinates of the query and key rows (they follow the tokens through drops)."""
+        w = a.window
+        if w is None:
+            if a.mask is None:  # causal kinds: an observer asked for the mask
+                return torch.ones(a.nq, a.nk, dtype=torch.bool, device=st.x.device).tril(a.nk - a.nq)[
+                    None, None
+                ]
+            return a.mask
+        key = ("window", a.key)
+        if key not in st.masks:
+            coords = _padded_coords(st)
+            qc = torch.gather(coords, 1, w.q_rows.take(st.orig)[..., None].expand(-1, -1, 3))
+            kc = torch.gather(coords, 1, w.k_rows.take(st.orig)[..., None].expand(-1, -1, 3))
+            diff = (qc[:, :, None, 1:] - kc[:, None, :, 1:]).abs()
+            inside = (
+                (qc[:, :, None, 0] == kc[:, None, :, 0])
+                & (diff[..., 0] <= w.radius)
+                & (diff[..., 1] <= w.radius)
+            )
+            st.masks[key] = a.mask | (w.vv & inside[:, None])
+        return st.masks[key]
 
-    def _last_row_scores(self, q, k, mask, q_meta, scaling: float) -> torch.Tensor:
-        """Attention probabilities of the last prompt token over this layer's keys, mean over
-        heads, fp32: [B, nk].  One row per sample, not the whole map."""
-        order = torch.where(q_meta["ttype"] != PAD, q_meta["order"], torch.full_like(q_meta["order"], -1))
-        rows = order.argmax(1)
-        bi = torch.arange(q.shape[0], device=q.device)
-        q_last = q[bi, :, rows][:, :, None]  # [B, H, 1, d]
+    # ------------------------------------------------------------------ selection
+    def _layer_scores(self, st: _Run, s: LayerStep, q, k, scale: float) -> None:
+        """What a drop_after selector reads from inside the layer: the last prompt token's (or the
+        text raters') attention on the present visual tokens, and post-RoPE keys."""
         H = q.shape[1]
-        kk = _expand_kv(k, H)
-        logits = (q_last.float() @ kk.float().transpose(-1, -2)) * scaling
-        m = mask.expand(-1, H, -1, -1)[bi, :, rows][:, :, None]
-        logits = logits.masked_fill(~m, float("-inf"))
-        return torch.softmax(logits, -1).mean(1)[:, 0]
-
-    def _text_row_scores(self, st: _State, sel, batch: Batch, q, k, mask, q_idx, scaling: float):
-        """Attention probabilities of the selector's score rows over this layer's keys: fp32 softmax
-        per head, mean over heads, then over the rows: [B, nk], and the row count per sample.  The
-        rows (per sample: indices into its text tokens T) come from ``sel.rows.choose(batch)``, once
-        per prefill; only these rows are computed, not the whole map."""
-        if sel.rows not in st.chosen_rows:
-            st.chosen_rows[sel.rows] = sel.rows.choose(batch)
-        b, H, nq, _ = q.shape
-        dev = q.device
-        text = st.alive & (st.ttype == int(TokenType.TEXT))
-        chosen = st.chosen_rows[sel.rows]
-        rows = [torch.nonzero(text[i]).flatten()[r.to(dev).long()] for i, r in enumerate(chosen)]
-        counts = [int(r.numel()) for r in rows]
-        if max(counts, default=0) == 0:
-            return q.new_zeros(b, k.shape[2], dtype=torch.float32), counts
-        qpos = torch.zeros(b, max(counts), dtype=torch.long, device=dev)  # each row's place in q
-        real = torch.zeros(b, max(counts), dtype=torch.bool, device=dev)
-        for i, r in enumerate(rows):
-            if q_idx is None:
-                qpos[i, : len(r)] = r
-            else:
-                look = torch.full((st.m,), -1, dtype=torch.long, device=dev)
-                look[q_idx[i]] = torch.arange(nq, device=dev)
-                qpos[i, : len(r)] = look[r]
-            real[i, : len(r)] = True
-        bi = torch.arange(b, device=dev)[:, None]
-        qr = q[bi, :, qpos].transpose(1, 2)  # [B, H, R, d]
-        logits = (qr.float() @ _expand_kv(k, H).float().transpose(-1, -2)) * scaling
-        allowed = mask.expand(-1, H, -1, -1)[bi, :, qpos].transpose(1, 2) | ~real[:, None, :, None]
-        probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), -1).mean(1)  # [B, R, nk]
-        weight = real.float() / real.sum(1, keepdim=True).clamp(min=1)
-        return (probs * weight[..., None]).sum(1), counts
-
-    def _apply_selector(self, st: _State, li: int, lp: LayerPlan, sel, batch: Batch, *, when: str,
-                        scores=None, keys=None) -> None:  # fmt: skip
-        vis_rows = st.alive & (st.ttype == VIS)
-        idx, real = _select_index(vis_rows, st.m - 1)
-        present = [idx[i][real[i]] for i in range(idx.shape[0])]  # rows of present visual tokens
-        ctx = SelectContext(
-            layer=li,
-            visual_index=[st.vidx[i, r] for i, r in enumerate(present)],
-            n_visual=[int((batch.visual_index[i] >= 0).sum()) for i in range(batch.batch_size)],
-            sample_ids=batch.sample_ids,
-        )
-        needs = sel.needs
-        if "attn_last" in needs or "attn_rows" in needs:
-            if when == "after":
-                row_scores = scores  # [B, nk] over this layer's key rows
-                key_rows = self._key_rows(st, lp)
-            else:
-                row_scores, key_rows = self._scores_before(st, li, lp)
-            ctx.scores = [
-                _scores_for_rows(row_scores[i], key_rows[i], present[i]) for i in range(len(present))
-            ]
-        if "keys" in needs and keys is not None:
-            k, km = keys
+        kk = _expand_kv(k, H).float()
+        scores = None
+        if s.score_last is not None:
+            last, allowed = s.score_last
+            logits = (last.take_heads(q).float() @ kk.transpose(-1, -2)) * scale  # [B, H, 1, nk]
+            probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), -1).mean(1)[:, 0]
+            scores = s.vis_in_k.take(probs)
+        elif s.score_rows is not None:
+            rows, allowed, valid = s.score_rows
+            logits = (rows.take_heads(q).float() @ kk.transpose(-1, -2)) * scale  # [B, H, T, nk]
+            probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), -1).mean(1)  # [B, T, nk]
+            sel = s.plan.drop_after
+            raters = self._raters(st, sel.rows) & valid
+            weight = raters.float() / raters.sum(1, keepdim=True).clamp(min=1)
+            scores = s.vis_in_k.take((probs * weight[..., None]).sum(1))
+        st.pending = {"scores": scores}
+        if s.txt_in_k is not None:
             kflat = k.transpose(1, 2).flatten(2)  # [B, nk, Hkv*d]
-            key_rows = self._key_rows(st, lp)
-            ctx.keys = [_rows_lookup(kflat[i], key_rows[i], present[i]) for i in range(len(present))]
-            txt = [
-                torch.nonzero(st.alive[i] & (st.ttype[i] == int(TokenType.TEXT))).flatten()
-                for i in range(len(present))
-            ]
-            ctx.text_keys = [_rows_lookup(kflat[i], key_rows[i], txt[i]) for i in range(len(present))]
-        if "hidden_out" in needs or "hidden_in" in needs:
-            ctx.hidden = [st.x[i, r] for i, r in enumerate(present)]
-            txt = [
-                torch.nonzero(st.alive[i] & (st.ttype[i] == int(TokenType.TEXT))).flatten()
-                for i in range(len(present))
-            ]
-            ctx.text_hidden = [st.x[i, r] for i, r in enumerate(txt)]
-            ctx.extra["final_norm"] = self.bb.norm
-        chosen = sel.select(ctx)
-        merged = sel.recycle(ctx, chosen) if hasattr(sel, "recycle") else [None] * len(chosen)
-        keep = st.alive & (st.ttype != VIS)
-        for i, c in enumerate(chosen):
-            rows = present[i][torch.sort(c.to(present[i].device).long()).values]
-            if merged[i] is not None and merged[i].embeds.shape[0]:
-                rows = self._place_merged(st, i, present[i], rows, merged[i])
-            keep[i, rows] = True
-        made = [0 if m is None else int(m.embeds.shape[0]) for m in merged]
-        kept = [int(c.numel()) for c in chosen]
-        st.log.append(f"layer {li} drop_{when}: kept {kept} visual, merged {made}")
-        self._drop(st, keep, sel.positions)
+            st.pending["keys"] = (s.vis_in_k.take(kflat), s.txt_in_k.take(kflat))
 
-    def _place_merged(
-        self, st: _State, i: int, present: torch.Tensor, kept: torch.Tensor, red
-    ) -> torch.Tensor:
-        """Lay sample i's visual tokens out as [kept tokens, in order][merged tokens] in the first rows
-        of its present visual span (the rows keep their causal order, so the merged tokens come right
-        after the kept ones); each merged token takes its anchor's identity (original visual index,
-        grid coordinate, position ids).  Returns the rows now holding visual tokens."""
-        anchors = red.anchors.to(present.device).long()
-        hit = anchors[:, None] == st.vidx[i, present][None, :]
-        if not bool(hit.any(1).all()):
-            raise PlanError("a selector merged tokens into an anchor that is not a present visual token")
-        src = torch.cat([kept, present[hit.int().argmax(1)]])
-        host = present[: src.shape[0]]
-        x = torch.cat([st.x[i, kept], red.embeds.to(device=st.x.device, dtype=st.x.dtype)])
-        st.version += 1
-        st.vidx[i, host] = st.vidx[i, src]
-        st.coords[i, host] = st.coords[i, src]
-        st.pos[:, i, host] = st.pos[:, i, src]
-        st.x[i, host] = x
-        return host
+    def _raters(self, st: _Run, rows) -> torch.Tensor:
+        if rows not in st.raters:
+            st.raters[rows] = rows.choose(st.batch)
+        return st.raters[rows]
 
-    def _key_rows(self, st: _State, lp: LayerPlan) -> torch.Tensor:
-        """Row index (into the state) of each key column used in this layer [B, nk]."""
-        _, kv_rows, _, _ = self._roles(st, lp)
-        if self.mode == "mask" or bool((kv_rows == st.alive).all()):
-            return torch.arange(st.m - 1, device=st.x.device).expand(st.x.shape[0], -1)
-        return _select_index(kv_rows, st.m - 1)[0]
-
-    def _scores_before(self, st: _State, li: int, lp: LayerPlan) -> tuple[torch.Tensor, torch.Tensor]:
-        """Score the incoming states with layer li's own norm, q/k projections and RoPE
-        (PDrop's rank layer): the last prompt token's attention over all present keys."""
+    def _scores_before(self, st: _Run, s: SelectStep) -> torch.Tensor:
+        """Score the incoming states with layer l's own norm, q/k projections and RoPE (PDrop's
+        rank layer): the last prompt token's attention over every present key."""
         bb = self.bb
-        attn = bb.layers[li].self_attn
-        hn = bb.layers[li].input_layernorm(st.x[:, :-1])  # every row but the scratch row
+        attn = bb.layers[s.index].self_attn
+        rows, last, alive, vis = s.before_scores
+        hn = norm(bb.layers[s.index].input_layernorm, st.x)
         b, m, _ = hn.shape
         H, Hkv, d = bb.num_heads, bb.num_kv_heads, bb.head_dim
-        _, last = self._last_rows(st)
-        bi = torch.arange(b, device=hn.device)
-        hq = hn[bi, last][:, None]
-        pos_q = st.pos[:, bi, last][..., None]
+        hq = last.take(hn)
         q = attn.q_proj(hq).view(b, 1, H, d).transpose(1, 2)
         k = attn.k_proj(hn).view(b, m, Hkv, d).transpose(1, 2)
-        cq, sq = bb.rope(hq, pos_q)
-        ck, sk = bb.rope(hn, st.pos[:, :, :-1])
+        cq, sq = bb.rope(hq, last.take(st.pos, 2))
+        ck, sk = bb.rope(hn, st.pos)
         q, k = bb.rotate(q, cq, sq), bb.rotate(k, ck, sk)
         logits = (q.float() @ _expand_kv(k, H).float().transpose(-1, -2)) * attn.scaling
-        ok = (st.alive & (st.order <= st.order[bi, last][:, None]))[:, :-1]
-        logits = logits.masked_fill(~ok[:, None, None, :], float("-inf"))
-        probs = torch.softmax(logits, -1).mean(1)[:, 0]
-        rows = torch.arange(m, device=hn.device).expand(b, -1)
-        return probs, rows
+        logits = logits.masked_fill(~alive[:, None, None, :], float("-inf"))
+        return vis.take(torch.softmax(logits, -1).mean(1)[:, 0])
 
-    def _drop(self, st: _State, keep: torch.Tensor, policy: str) -> None:
-        """Remove (drop mode) or mask (mask mode) every real token not in ``keep``."""
-        st.version += 1
-        renumber = policy == "renumber" and st.pos.shape[0] == 1
-        if policy == "renumber" and st.pos.shape[0] != 1:
-            st.log.append("renumber requested on M-RoPE positions: original 3-D ids kept (README 2.3)")
-        if self.mode == "mask":
-            st.alive = st.alive & keep
-            if renumber:
-                newpos = (st.alive.long().cumsum(1) - 1).clamp(min=0)
-                st.pos = torch.where(st.alive[None], newpos[None], st.pos)
-        else:
-            idx, real = _select_index(keep, st.m - 1)
-            # append a fresh scratch row
-            b = idx.shape[0]
-            scratch = torch.full((b, 1), st.m - 1, dtype=idx.dtype, device=idx.device)
-            idx = torch.cat([idx, scratch], 1)
-            st.x = _gather_rows(st.x, idx)
-            st.x[:, -1] = 0
-            st.ttype = _gather_rows(st.ttype, idx)
-            st.ttype[:, -1] = PAD
-            st.ttype = torch.where(torch.cat([real, real.new_zeros(b, 1)], 1), st.ttype, PAD)
-            st.pos = torch.stack([_gather_rows(p, idx) for p in st.pos])
-            st.order = _gather_rows(st.order, idx)
-            st.vidx = _gather_rows(st.vidx, idx)
-            st.coords = _gather_rows(st.coords, idx)
-            st.alive = st.ttype != PAD
-            if renumber:
-                newpos = (st.alive.long().cumsum(1) - 1).clamp(min=0)
-                st.pos = torch.where(st.alive[None], newpos[None], st.pos)
-        if renumber:
-            st.next_pos = st.alive.sum(1)
-            st.renumbered = True
-
-    def _overwrite_visual(self, st: _State, batch: Batch, li: int, lp: LayerPlan) -> None:
-        """kv_source 'fixed' (ViCA: the layer-0 input) or 'projector' (SAISA: P_l(f))."""
-        is_vis = st.alive & (st.ttype == VIS)
-        if lp.kv_source == "fixed":
-            src = torch.cat(
-                [batch.embeds, batch.embeds.new_zeros(batch.batch_size, 1, batch.embeds.shape[-1])], 1
-            )
-            order = torch.where(st.order < batch.seq_len, st.order, batch.seq_len)
-            vals = _gather_rows(src, order)
-        else:
-            vals = self.bb.visual_projection(li, batch, st.vidx, st.x)
-        st.x = torch.where(is_vis[..., None], vals, st.x)
+    def _select(self, st: _Run, s: SelectStep) -> None:
+        sel = s.selector
+        st.flush()
+        pending, st.pending = st.pending, {}
+        batch = st.batch
+        ctx = SelectContext(
+            layer=s.index, counts=s.counts, kept=s.kept, valid=s.visual_valid, sample_ids=batch.sample_ids,
+            text_valid=s.text_valid,
+            index_fn=lambda: torch.where(
+                s.visual_valid,
+                torch.gather(batch.visual_index, 1, s.visual.take(st.orig).clamp(max=batch.seq_len - 1)), -1),
+        )  # fmt: skip
+        needs = sel.needs
+        if {"attn_last", "attn_rows"} & set(needs):
+            scores = self._scores_before(st, s) if s.when == "before" else pending["scores"]
+            ctx.scores = scores.masked_fill(~s.visual_valid, float("-inf"))
+        if "keys" in needs and "keys" in pending:
+            ctx.keys, ctx.text_keys = pending["keys"]
+        if "hidden_out" in needs or "hidden_in" in needs:
+            ctx.hidden = s.visual.take(st.x)
+            ctx.text_hidden = s.text.take(st.x)
+            ctx.extra["final_norm"] = self.bb.norm
+        chosen = sel.select(ctx) if ctx.k else s.visual_rows[:, :0]
+        # the kept slots in row order (padding slots last), then their rows in the state
+        big = torch.full_like(chosen, s.visual_rows.shape[1])
+        slots = torch.sort(torch.where(s.kept_valid, chosen, big), dim=1).values
+        slots = slots.clamp(max=max(s.visual_rows.shape[1] - 1, 0))
+        vrows = s.visual_rows.expand(st.x.shape[0], -1)
+        kept_rows = torch.gather(vrows, 1, slots)
+        b = st.x.shape[0]
+        picked = (
+            torch.gather(kept_rows, 1, s.vis_rank.expand(b, -1))
+            if kept_rows.shape[1]
+            else s.vis_rank.expand(b, -1)
+        )
+        src = torch.where(s.is_kept, picked, s.src_other)
+        h = st.x.shape[-1]
+        x = torch.gather(st.x, 1, src[..., None].expand(-1, -1, h))
+        orig = torch.gather(st.orig.expand(b, -1), 1, src)
+        P = st.pos.shape[0]
+        pos = s.new_pos if s.renumber else torch.gather(st.pos, 2, src[None].expand(P, -1, -1))
+        if s.merged_rows is not None:
+            embeds, anchors = sel.recycle(ctx, chosen)
+            anchor_rows = torch.gather(vrows, 1, anchors.long())
+            mr = s.merged_rows
+            x.scatter_(1, mr[..., None].expand(-1, -1, h), embeds.to(x.dtype))
+            orig.scatter_(1, mr, torch.gather(st.orig.expand(b, -1), 1, anchor_rows))
+            if not s.renumber:
+                pos.scatter_(2, mr[None].expand(P, -1, -1),
+                             torch.gather(st.pos, 2, anchor_rows[None].expand(P, -1, -1)))  # fmt: skip
+        st.x, st.xw, st.orig, st.pos = x, x, orig, pos
+        if s.renumber:
+            st.next_pos = s.new_next
+        st.rope, st.masks = {}, {}
 
     # ------------------------------------------------------------------ decode
     @torch.inference_mode()
-    def decode_step(
-        self, tokens: torch.Tensor, cache: KVCache, plan: VisualPlan | None = None
-    ) -> torch.Tensor:
+    def decode_step(self, tokens: torch.Tensor, cache, plan: VisualPlan | None = None) -> torch.Tensor:
         """One generated token per sample [B] -> next-token logits [B, V]."""
+        if self._reference is not None:
+            return self._reference.decode_step(tokens, cache, plan)
+        if plan is not None and cache.plan is not None and plan is not cache.plan and plan != cache.plan:
+            raise ValueError("decode_step: the cache was filled under another plan; pass that plan")
+        if cache.steps >= cache.extra or "decode" not in cache.scratch:
+            self._prepare_decode(cache)
+        return self.run_decode(tokens, cache)
+
+    def run_decode(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """The device half of a decode step: slots, masks and positions advance in place."""
         bb = self.bb
-        plan = plan or VisualPlan.dense(bb.num_layers)
+        geoms, attns = cache.scratch["decode"]
         x = bb.embed_tokens(tokens[:, None])
         b = x.shape[0]
         H, Hkv, d = bb.num_heads, bb.num_kv_heads, bb.head_dim
-        step = cache.steps
-        for layer, lkv, lp in zip(bb.layers, cache.layers, plan.layers, strict=True):
+        for mask, slot in geoms.values():
+            mask.index_fill_(-1, slot, True)
+        step = _Step()  # per-step derived masks (pruned heads' restricted ones)
+        ropes: dict = {}
+        for layer, lkv, a in zip(bb.layers, cache.layers, attns, strict=True):
             attn = layer.self_attn
-            hn = layer.input_layernorm(x)
+            hn = norm(layer.input_layernorm, x)
             q = attn.q_proj(hn).view(b, 1, H, d).transpose(1, 2)
             k = attn.k_proj(hn).view(b, 1, Hkv, d).transpose(1, 2)
             v = attn.v_proj(hn).view(b, 1, Hkv, d).transpose(1, 2)
-            pos = (lkv.next_pos + step)[None, :, None].expand(bb.position_dims, -1, -1)
-            cos, sin = bb.rope(hn, pos)
+            pkey = lkv.geometry[1]
+            if pkey not in ropes:
+                pos = (lkv.next_pos + cache.step)[None, :, None].expand(bb.position_dims, -1, -1)
+                ropes[pkey] = bb.rope(hn, pos)
+            cos, sin = ropes[pkey]
             q, k = bb.rotate(q, cos, sin), bb.rotate(k, cos, sin)
-            lkv.append(k, v)
-            kk, vv, valid, is_vis = lkv.view()
-            mask = valid[:, None, None, :]
-            if lp.visual_heads is not None:
-                served = torch.zeros(H, dtype=torch.bool, device=x.device)
-                served[list(lp.visual_heads)] = True
-                pruned = ~served[None, :, None, None]
-                if lp.head_mode == "drop_keys":
-                    mask = mask & ~(pruned & is_vis[:, None, None, :])
-                else:
-                    vv = _expand_kv(vv, H).masked_fill(pruned & is_vis[:, None, :, None], 0.0)
-                    kk = _expand_kv(kk, H)
-            out = F.scaled_dot_product_attention(
-                q, kk, vv, attn_mask=mask, scale=attn.scaling, enable_gqa=int(kk.shape[1]) != H
-            )
+            slot = geoms[lkv.geometry[0]][1]
+            lkv.k.index_copy_(2, slot, k)
+            lkv.v.index_copy_(2, slot, v)
+            out = self._attend(step, a, q, lkv.k, lkv.v, attn.scaling)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(b, 1, H * d))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = x + layer.mlp(norm(layer.post_attention_layernorm, x))
+        for _, slot in geoms.values():
+            slot.add_(1)
+        cache.step.add_(1)
         cache.steps += 1
-        return bb.lm_head(bb.norm(x))[:, 0].float()
+        return bb.lm_head(norm(bb.norm, x))[:, 0].float()
+
+    def _prepare_decode(self, cache: KVCache) -> None:
+        """Per cache geometry a persistent mask and write slot; per layer the head rule over the
+        cache's slots.  Built on the first step (and again if decoding outgrows the buffers)."""
+        if cache.steps >= cache.extra:
+            grow = max(16, cache.layers[0].capacity // 2)
+            for lk in cache.layers:
+                lk.grow(grow)
+            cache.extra += grow
+        dev = cache.step.device
+        geoms: dict = {}
+        attns = []
+        plan = cache.plan
+        H = self.bb.num_heads
+        for lkv, lp in zip(cache.layers, plan.layers, strict=True):
+            gk = lkv.geometry[0]
+            if gk not in geoms:
+                b = lkv.prefill_valid.shape[0]
+                mask = torch.zeros(b, 1, 1, lkv.capacity, dtype=torch.bool, device=dev)
+                mask[:, 0, 0, : lkv.prefill] = lkv.prefill_valid
+                mask[:, 0, 0, lkv.prefill : lkv.prefill + cache.steps] = True
+                slot = torch.full((1,), lkv.prefill + cache.steps, dtype=torch.long, device=dev)
+                geoms[gk] = (mask, slot)
+            heads = None
+            if lp.visual_heads is not None and len(set(lp.visual_heads)) < H:
+                heads = _decode_heads(lp, lkv, H, self.bb.num_kv_heads, lkv.k.dtype)
+            attns.append(Attention("mask", 1, lkv.capacity, geoms[gk][0], heads=heads, key=gk))
+        cache.scratch["decode"] = (geoms, attns)
 
     @torch.inference_mode()
     def generate(
@@ -705,23 +540,66 @@ class Executor:
         eos_token_id: int | None = None,
     ) -> torch.Tensor:
         """Batched greedy decoding [B, T]; with ``eos_token_id`` a finished sample is padded with
-        EOS and the loop stops when all have finished (EOS-bounded), else exactly T tokens."""
+        EOS and the loop stops when all have finished (EOS-bounded: one host read per step), else
+        exactly T tokens."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         out = self.prefill(batch, plan, cache_extra=max_new_tokens)
         tok = out.logits.argmax(-1)
         toks = [tok]
-        done = tok == eos_token_id if eos_token_id is not None else torch.zeros_like(tok, dtype=torch.bool)
+        done = tok == eos_token_id if eos_token_id is not None else None
         for _ in range(max_new_tokens - 1):
-            if bool(done.all()):
+            if done is not None and bool(done.all()):
                 break
             logits = self.decode_step(tok, out.cache, plan)
             tok = logits.argmax(-1)
-            if eos_token_id is not None:
+            if done is not None:
                 tok = torch.where(done, torch.full_like(tok, eos_token_id), tok)
                 done = done | (tok == eos_token_id)
             toks.append(tok)
         return torch.stack(toks, 1)
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _decode_heads(lp, lkv: LayerKV, H: int, Hkv: int, dtype) -> HeadRule:
+    served = sorted(set(lp.visual_heads))
+    pruned = [h for h in range(H) if h not in served]
+    dev = lkv.k.device
+    is_pruned = torch.zeros(H, dtype=torch.bool, device=dev)
+    is_pruned[pruned] = True
+    vis = lkv.is_visual  # [B, capacity]
+    if lp.head_mode == "zero_values":
+        keep = ~(is_pruned[None, :, None] & vis[:, None, :])
+        return HeadRule("zero_values", vkeep=keep[..., None].to(dtype))
+    rep = H // Hkv
+    s = torch.tensor(served, dtype=torch.long, device=dev)
+    p = torch.tensor(pruned, dtype=torch.long, device=dev)
+    return HeadRule(
+        "drop_keys", served=s, pruned=p, served_kv=s // rep, pruned_kv=p // rep,
+        inverse=torch.argsort(torch.cat([s, p])), restrict=vis[:, None, None, :],
+    )  # fmt: skip
+
+
+def _padded_coords(st: _Run) -> torch.Tensor:
+    if st.coords is None:
+        c = st.batch.visual_coords
+        st.coords = torch.cat([c, c.new_full((c.shape[0], 1, 3), -1)], 1)
+    return st.coords
+
+
+def _padded_features(st: _Run) -> torch.Tensor:
+    """The raw vision features of every sample as one [B, Nv, d] tensor (shapes are host facts)."""
+    if "features" not in st.masks:
+        feats = st.batch.vision_features
+        n = max(int(f.shape[0]) for f in feats)
+        d = max(int(f.shape[-1]) for f in feats if f.dim() == 2)
+        ref = next(f for f in feats if f.dim() == 2)
+        rows = [
+            torch.cat([f, ref.new_zeros(n - int(f.shape[0]), d)]) if f.dim() == 2 else ref.new_zeros(n, d)
+            for f in feats
+        ]
+        st.masks["features"] = torch.stack(rows)
+    return st.masks["features"]
 
 
 def _expand_kv(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -741,34 +619,3 @@ def _sliced_mlp(mlp, x: torch.Tensor, width: int) -> torch.Tensor:
 
     act = mlp.act_fn(lin(mlp.gate_proj, x, rows=width)) * lin(mlp.up_proj, x, rows=width)
     return lin(mlp.down_proj, act, cols=width)
-
-
-def _compact_kv(kv: LayerKV) -> LayerKV:
-    """Drop mode with a full-row layer: keep only readable prefill entries in the cache."""
-    n = kv.length
-    idx, real = _select_index(kv.valid[:, :n], n)
-    extra = kv.k.shape[2] - n
-
-    def g(t):  # [B, Hkv, n, d] gather along 2
-        tt = torch.cat([t[:, :, :n], t.new_zeros(*t.shape[:2], 1, t.shape[3])], 2)
-        return torch.gather(tt, 2, idx[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3]))
-
-    vis = torch.cat([kv.is_visual[:, :n], kv.is_visual.new_zeros(kv.is_visual.shape[0], 1)], 1)
-    return LayerKV.from_prefill(g(kv.k), g(kv.v), real, torch.gather(vis, 1, idx), kv.next_pos, extra)
-
-
-def _scores_for_rows(row_scores: torch.Tensor, key_rows: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """Pick, for each present visual row, its score from a per-key-column vector."""
-    lookup = torch.zeros(int(key_rows.max()) + 2, dtype=row_scores.dtype, device=row_scores.device)
-    lookup[key_rows] = row_scores
-    return lookup[present]
-
-
-def _rows_lookup(values: torch.Tensor, key_rows: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    size = int(max(key_rows.max(), rows.max() if rows.numel() else 0)) + 2
-    pos = torch.full((size,), -1, dtype=torch.long, device=key_rows.device)
-    pos[key_rows] = torch.arange(key_rows.numel(), device=key_rows.device)
-    found = pos[rows]
-    if bool((found < 0).any()):
-        raise PlanError("a selector asked for keys of tokens that are not keys in this layer")
-    return values[found]

@@ -35,6 +35,9 @@ class Method:
     description: ClassVar[str] = ""
     needs_weights: ClassVar[bool] = False
     Params: ClassVar[type[BaseModel]] = NoParams
+    #: device values the method reads on the host per prefill (a data-dependent count it cannot
+    #: cap); 0 for every method whose counts follow from the layout
+    host_reads: ClassVar[int] = 0
 
     def __init__(self, **params: Any) -> None:
         try:

@@ -31,14 +31,16 @@ drop_after          a :class:`Selector` scored inside this layer; the layer itse
 
 Positions: a selector carries its position policy (``keep`` original ids, or ``renumber`` the
 surviving tokens 0..n-1 per sample), README section 2.3.  Plans are plain frozen dataclasses so
-that they hash, compare and print; nothing here imports torch-heavy code.
+that they hash, compare and print.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from .selection import SampleCounts, SelectContext, top_k_slots
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -54,77 +56,49 @@ class PlanError(ValueError):
     """A plan that cannot be executed; the message names the layer and the field."""
 
 
-@dataclass
-class SelectContext:
-    """What the executor hands a :class:`Selector` for one layer (all per sample, batch order).
-
-    ``visual_index``: original visual indices (0..n_visual-1 within the sample's image tokens) of
-    the visual tokens present now.  ``scores``: for ``attn_last`` / ``attn_rows`` needs, the
-    attention probability mass on each present visual token (mean over heads, then rows; the
-    ``attn_rows`` rows are the text rows the selector's ``rows.choose(batch)`` names).
-    ``keys``: post-RoPE keys of the present visual tokens [n, heads*dim].  ``hidden``: the states
-    the selector asked for (entering or leaving the layer) at the present visual tokens; the
-    text rows are in ``text_hidden`` / ``text_keys``.
-    """
-
-    layer: int
-    visual_index: list[torch.Tensor]
-    n_visual: list[int]
-    sample_ids: list[str]
-    scores: list[torch.Tensor] | None = None
-    keys: list[torch.Tensor] | None = None
-    hidden: list[torch.Tensor] | None = None
-    text_keys: list[torch.Tensor] | None = None
-    text_hidden: list[torch.Tensor] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 @runtime_checkable
 class Selector(Protocol):
-    """Chooses which present visual tokens survive.  Returns, per sample, positions *into*
-    ``ctx.visual_index`` (not original indices), in any order; the executor sorts them.
+    """Chooses which present visual tokens survive (``selection.py`` has the contract).
 
-    Optional parts: with the ``attn_rows`` need (``drop_after`` only) the selector has ``rows``, a
-    hashable object whose ``choose(batch)`` gives, per sample, indices into its text tokens T: the
-    query rows whose attention scores the visual tokens (evaluated once per prefill, shared by
-    selectors with equal ``rows``).  ``recycle(ctx, chosen)`` returns, per sample, ``None`` or a
-    :class:`ReducedVisual` of merged tokens (``anchors`` = original visual indices of present
-    tokens whose identity they take), placed right after the kept visual tokens (SparseVLM).
+    ``kept(counts)`` runs on the host when a plan is compiled against a batch layout and says how
+    many tokens a sample keeps; ``select(ctx)`` runs on the device and returns slots [B, k] into
+    the present visual tokens (row i's first ``kept[i]`` entries, in any order; the executor sorts
+    them).  Optional parts: with the ``attn_rows`` need (``drop_after`` only) the selector has
+    ``rows``, a hashable object whose ``choose(batch)`` gives a [B, T] bool mask over each sample's
+    text tokens T: the query rows whose attention scores the visual tokens (evaluated once per
+    prefill, shared by selectors with equal ``rows``).  ``recycled(counts, kept)`` and
+    ``recycle(ctx, chosen)`` merge dropped tokens into new ones placed right after the kept visual
+    tokens (SparseVLM).  ``host_reads`` (default 0): host reads ``select`` declares.
     """
 
     needs: frozenset[str]
     positions: PositionPolicy
 
-    def select(self, ctx: SelectContext) -> list[torch.Tensor]: ...
+    def kept(self, counts: SampleCounts) -> int: ...
+
+    def select(self, ctx: SelectContext) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
 class KeepVisual:
-    """A static selector for hand-written plans: keep the visual tokens whose *original* index
-    is in ``indices`` (or the first ``count`` present ones).  Needs no scores."""
+    """A static selector for hand-written plans: keep the first ``count`` present visual tokens.
+    Needs no scores."""
 
-    indices: tuple[int, ...] | None = None
-    count: int | None = None
+    count: int
     positions: PositionPolicy = "keep"
     needs: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        if (self.indices is None) == (self.count is None):
-            raise PlanError("KeepVisual needs exactly one of indices= or count=")
-        if self.count is not None and self.count < 0:
+        if self.count < 0:
             raise PlanError(f"KeepVisual count must be >= 0, got {self.count}")
 
-    def select(self, ctx: SelectContext) -> list[torch.Tensor]:
+    def kept(self, counts: SampleCounts) -> int:
+        return min(self.count, counts.present)
+
+    def select(self, ctx: SelectContext) -> torch.Tensor:
         import torch
 
-        out = []
-        for present in ctx.visual_index:
-            if self.count is not None:
-                out.append(torch.arange(min(self.count, present.numel()), device=present.device))
-            else:
-                wanted = torch.tensor(self.indices, device=present.device, dtype=present.dtype)
-                out.append(torch.nonzero(torch.isin(present, wanted)).flatten())
-        return out
+        return torch.arange(ctx.k, device=ctx.valid.device).expand(ctx.batch_size, -1)
 
 
 @dataclass(frozen=True)
@@ -136,9 +110,12 @@ class TopKByLastAttention:
     positions: PositionPolicy = "keep"
     needs: frozenset[str] = frozenset({"attn_last"})
 
-    def select(self, ctx: SelectContext) -> list[torch.Tensor]:
+    def kept(self, counts: SampleCounts) -> int:
+        return min(self.k, counts.present)
+
+    def select(self, ctx: SelectContext) -> torch.Tensor:
         assert ctx.scores is not None
-        return [top_k_lowest_index_ties(s, self.k) for s in ctx.scores]
+        return top_k_slots(ctx.scores, ctx.k)
 
 
 def top_k_lowest_index_ties(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -270,7 +247,9 @@ class VisualPlan:
             for name in ("drop_before", "drop_after"):
                 sel = getattr(lp, name)
                 if sel is not None and not isinstance(sel, Selector):
-                    raise PlanError(f"{where}: {name} must be a Selector (needs, positions, select())")
+                    raise PlanError(
+                        f"{where}: {name} must be a Selector (needs, positions, kept(), select())"
+                    )
                 if sel is not None and sel.positions not in ("keep", "renumber"):
                     raise PlanError(f"{where}: {name}.positions must be 'keep' or 'renumber'")
                 if sel is not None and "attn_rows" in sel.needs:

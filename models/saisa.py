@@ -40,16 +40,10 @@ class SaisaBackbone(LlavaBackbone):
         self.projectors.to(device=device, dtype=dtype)
         return self
 
-    def visual_projection(self, layer: int, batch, vidx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        feats = batch.vision_features
-        out = x.clone()
+    def layer_projection(self, layer: int, feats: torch.Tensor) -> torch.Tensor:
         proj = self.projectors[layer]
         w = proj[0].weight  # the projector's own device and dtype (the model's, after load or .to)
-        for i, f in enumerate(feats):
-            rows = (vidx[i] >= 0).nonzero().flatten()
-            if rows.numel():
-                out[i, rows] = proj(f[vidx[i, rows]].to(device=w.device, dtype=w.dtype)).to(x.dtype)
-        return out
+        return proj(feats.to(device=w.device, dtype=w.dtype))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "architecture": "saisa"}

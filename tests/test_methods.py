@@ -65,7 +65,7 @@ def _kept_after(bb, batch, plan, layer):
 
     class Spy(KeepVisual):
         def select(self, ctx):
-            seen["kept"] = [v.tolist() for v in ctx.visual_index]
+            seen["kept"] = [v[ok].tolist() for v, ok in zip(ctx.visual_index, ctx.valid, strict=True)]
             return super().select(ctx)
 
     from dataclasses import replace

@@ -13,6 +13,7 @@ from harness.models.plan import (
     VisualPlan,
     top_k_lowest_index_ties,
 )
+from harness.models.selection import SampleCounts, slots_of, top_k_slots
 
 
 def test_dense_plan_describes_itself():
@@ -44,11 +45,19 @@ def test_plan_layer_count_must_match():
         VisualPlan.dense(3).validate(4, 4, 176)
 
 
-def test_keep_visual_needs_one_argument():
-    with pytest.raises(PlanError, match="exactly one of"):
-        KeepVisual()
+def test_keep_visual_counts_on_the_host():
     with pytest.raises(PlanError, match="count must be >= 0"):
         KeepVisual(count=-1)
+    sel = KeepVisual(count=8)
+    assert sel.kept(SampleCounts(present=5, n_visual=36, n_text=4)) == 5
+    assert sel.kept(SampleCounts(present=20, n_visual=36, n_text=4)) == 8
+
+
+def test_batched_top_k_breaks_ties_toward_lower_slot_and_puts_padding_last():
+    scores = torch.tensor([[0.1, 0.5, 0.5, 0.2, 0.5], [0.3, 0.3, float("-inf"), float("-inf"), 0.9]])
+    assert top_k_slots(scores, 3).tolist() == [[1, 2, 4], [4, 0, 1]]
+    mask = torch.tensor([[False, True, False, True, True], [True, False, False, False, False]])
+    assert slots_of(mask, 3).tolist() == [[1, 3, 4], [0, 1, 2]]
 
 
 def test_top_k_breaks_ties_toward_lower_index():
