@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from harness.models.plan import ReducedVisual
 
-from .clip_attention import visual_embeds
+from .clip_attention import rows_of_type, visual_embeds
 from .prellm import PreLLM
 
 EPS = 1e-6
@@ -52,15 +52,16 @@ def dpp_greedy(kernel: torch.Tensor, k: int) -> torch.Tensor:
     rows = kernel.new_zeros(k, kernel.shape[0])
     picks = []
     for t in range(k):
-        j = torch.argmax(gain)  # first maximum: ties toward the lower index
+        # first maximum: ties toward the lower index; a 1-element index, never read on the host
+        j = torch.argmax(gain).view(1)
         picks.append(j)
         if t == k - 1:  # the last update would serve no further pick
             break
-        e = (kernel[j] - rows[:t, j] @ rows[:t]) / torch.sqrt(gain[j].clamp_min(EPS * EPS))
+        e = (kernel[j][0] - rows[:t, j][:, 0] @ rows[:t]) / torch.sqrt(gain[j].clamp_min(EPS * EPS))
         rows[t] = e
         gain = gain - e * e
         gain[j] = -float("inf")
-    return torch.stack(picks)
+    return torch.cat(picks)
 
 
 class CDPruner(PreLLM):
@@ -69,7 +70,7 @@ class CDPruner(PreLLM):
 
     def reduce_one(self, bb, batch, i, k):
         x = visual_embeds(batch, i)
-        text = batch.embeds[i, batch.token_type[i] == TEXT].float()
+        text = rows_of_type(batch, i, TEXT).float()  # located on the host layout
         z = F.normalize(x.float(), dim=-1)
         rel = relevance(x.float(), text)
         kernel = rel[:, None] * (z @ z.T) * rel[None, :]

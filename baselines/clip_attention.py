@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -67,4 +68,16 @@ def project(bb: Any, feats: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 
 def visual_embeds(batch: Any, i: int) -> torch.Tensor:
-    return batch.embeds[i, batch.token_type[i] == 2]
+    """Sample i's visual tokens [n, h]: a slice at the span the host layout gives (no device read)."""
+    start, end = batch.layout.visual_spans()[i]
+    return batch.embeds[i, start:end]
+
+
+def rows_of_type(batch: Any, i: int, kind: int) -> torch.Tensor:
+    """Sample i's rows of one token type [m, h], in row order, located on the host layout: a slice
+    when they are contiguous (the usual case), else an index uploaded from the host."""
+    hits = np.flatnonzero(batch.layout.ttype[i] == kind)
+    if hits.size == 0 or hits[-1] - hits[0] + 1 == hits.size:
+        start = int(hits[0]) if hits.size else 0
+        return batch.embeds[i, start : start + int(hits.size)]
+    return batch.embeds[i, torch.from_numpy(hits.astype(np.int64)).to(batch.embeds.device)]

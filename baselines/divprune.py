@@ -26,17 +26,18 @@ class DivPrune(PreLLM):
         n = x.shape[0]
         z = F.normalize(x.float(), dim=-1)
         dist = 1 - z @ z.T
-        # indices stay tensors so the selection is part of the traced data flow (FLOPs counting)
+        # indices stay tensors so the selection is part of the traced data flow (FLOPs counting); each
+        # pick is a 1-element index (a 0-dim one would be read on the host by Python indexing)
         nn_dist = dist + torch.eye(n, dtype=dist.dtype, device=dist.device) * 1e9
-        first = torch.argmax(nn_dist.min(1).values)
+        first = torch.argmax(nn_dist.min(1).values).view(1)
         chosen = [first]
         taken = torch.zeros(n, dtype=torch.bool, device=x.device)
         taken[first] = True
-        min_d = dist[first].masked_fill(taken, -1.0)
+        min_d = dist[first][0].masked_fill(taken, -1.0)
         for _ in range(k - 1):
-            j = torch.argmax(min_d)
+            j = torch.argmax(min_d).view(1)
             chosen.append(j)
             taken[j] = True
-            min_d = torch.minimum(min_d, dist[j]).masked_fill(taken, -1.0)
-        keep = torch.sort(torch.stack(chosen)).values
+            min_d = torch.minimum(min_d, dist[j][0]).masked_fill(taken, -1.0)
+        keep = torch.sort(torch.cat(chosen)).values
         return ReducedVisual(x[keep], keep), float(n * n * x.shape[1])

@@ -11,6 +11,8 @@ from harness.models.plan import ReducedVisual, VisualPlan
 
 from .common import kept_count
 
+VISUAL = 2  # TokenType.VISUAL
+
 
 class BudgetParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -18,7 +20,12 @@ class BudgetParams(BaseModel):
 
 
 class PreLLM(Method):
-    """Subclasses implement ``reduce_one(bb, batch, i, k) -> (ReducedVisual, overhead MACs)``."""
+    """Subclasses implement ``reduce_one(bb, batch, i, k) -> (ReducedVisual, overhead MACs)``.
+
+    Reducers read no device value on the host (no ``.item()``, boolean-mask indexing, ``nonzero``
+    ...): counts and row spans come from ``batch.layout`` and from shapes, selections use
+    static-size sorts and slices, so a prefill never synchronises on a GPU
+    (``tests/test_prellm_host_reads.py``)."""
 
     stage: ClassVar = "pre-llm"
     Params: ClassVar[type[BaseModel]] = BudgetParams
@@ -30,16 +37,14 @@ class PreLLM(Method):
         return kept_count(self.params.budget, n_visual)
 
     def reduce(self, bb: Any, batch: Any) -> list[ReducedVisual]:
-        out = []
-        for i in range(batch.batch_size):
-            n = int((batch.token_type[i] == 2).sum())
-            out.append(self.reduce_one(bb, batch, i, self.k(n))[0])
-        return out
+        """Every sample's reduced visual tokens; the counts come from the host layout, so nothing
+        is read back from the device (``reduce_one`` implementations keep to that too)."""
+        counts = batch.layout.count(VISUAL)
+        return [self.reduce_one(bb, batch, i, self.k(n))[0] for i, n in enumerate(counts)]
 
     def overhead_macs(self, bb: Any, batch: Any) -> float:
         """MACs the reduction itself spends (counted as overhead), for sample 0."""
-        n = int((batch.token_type[0] == 2).sum())
-        return self.reduce_one(bb, batch, 0, self.k(n))[1]
+        return self.reduce_one(bb, batch, 0, self.k(batch.layout.count(VISUAL)[0]))[1]
 
     def reduce_one(self, bb: Any, batch: Any, i: int, k: int) -> tuple[ReducedVisual, float]:
         raise NotImplementedError

@@ -5,10 +5,17 @@ Importance: CLS attention of the last CLIP layer with all dims as one head.  Kee
 (highest attention first); each kept token adds the attention-weighted features of its 32 most
 key-similar other patches; one more token = the attention-weighted sum of all pruned patches.  Then
 the projector.  (baselines.md 3.4)
+
+Computed without host reads where the count is static: the patches are ranked outliers first (by
+attention, descending), then the other grid patches (by attention, descending), and the first k-1
+are kept, which is the rule above whenever the grid alone has k-1 patches.  When it has fewer (budget
+192 of 576: a 144-patch grid) the kept count min(k-1, |outliers + grid|) depends on the data, and that
+one number per sample is read on the host, once per prefill for the whole batch (``host_reads``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -17,10 +24,31 @@ import torch.nn.functional as F
 from harness.models.plan import ReducedVisual
 
 from .clip_attention import clip_state, cls_attention, project
-from .common import top_k
-from .prellm import PreLLM
+from .prellm import VISUAL, PreLLM
 
 NEIGHBOURS = 32
+OUTLIER, GRID, OTHER = 0, 1, 2  # ranking groups
+
+
+def grid_indices(n: int, budget: int) -> list[int]:
+    """The uniform-grid patches for ``budget`` kept tokens of n (a side x side grid), ascending."""
+    side = int(round(n**0.5))
+    stride = max(1, int(round((n / max(1, budget)) ** 0.5)))
+    return [r * side + c for r in range(0, side, stride) for c in range(0, side, stride) if r * side + c < n]
+
+
+@dataclass
+class _Ranked:
+    """One sample up to the data-dependent count: attention, keys, features and the ranking."""
+
+    attn: torch.Tensor
+    keys: torch.Tensor
+    feats: torch.Tensor
+    macs: float
+    order: torch.Tensor  # patches by (group, attention descending), ties toward the lower index
+    group: torch.Tensor  # OUTLIER / GRID / OTHER per patch
+    budget: int  # k - 1 merged tokens wanted (at least 1)
+    static: bool  # the grid alone fills the budget: exactly ``budget`` patches kept
 
 
 class PruMergePlus(PreLLM):
@@ -28,40 +56,60 @@ class PruMergePlus(PreLLM):
     description: ClassVar[str] = (
         "CLIP-attention outliers + spatial samples, merged with their neighbours (fixed k)"
     )
+    host_reads: ClassVar[int] = 1  # the kept count, only when the grid is smaller than k-1
+
+    def reduce(self, bb, batch):
+        ks = [self.k(n) for n in batch.layout.count(VISUAL)]
+        ranked = [self._rank(bb, batch, i, k) for i, k in enumerate(ks)]
+        counts = [r.budget if r.static else None for r in ranked]
+        dynamic = [i for i, r in enumerate(ranked) if not r.static]
+        if dynamic:  # one host read for the whole batch
+            found = torch.stack([(ranked[i].group != OTHER).sum() for i in dynamic]).tolist()
+            for i, c in zip(dynamic, found, strict=True):
+                counts[i] = min(ranked[i].budget, int(c))
+        return [self._merge(bb, r, c, k)[0] for r, c, k in zip(ranked, counts, ks, strict=True)]
 
     def reduce_one(self, bb, batch, i, k):
+        r = self._rank(bb, batch, i, k)
+        count = r.budget if r.static else min(r.budget, int((r.group != OTHER).sum()))
+        return self._merge(bb, r, count, k)
+
+    def _rank(self, bb, batch, i, k) -> _Ranked:
         state = clip_state(batch, i, self.name)
         attn, keys, macs = cls_attention(bb, state, last_layer=True)
         feats = state["h_out"][1:]
         n = int(feats.shape[0])
-        q1, q3 = torch.quantile(attn.float(), torch.tensor([0.25, 0.75], device=attn.device))
-        outliers = (attn > q3 + 1.5 * (q3 - q1)).nonzero().flatten()
-        budget = max(1, k - 1)
-        if outliers.numel() > budget:
-            outliers = top_k(attn, budget)
-        chosen = set(outliers.tolist())
-        side = int(round(n**0.5))
-        stride = max(1, int(round((n / max(1, budget)) ** 0.5)))
-        grid = [
-            r * side + c for r in range(0, side, stride) for c in range(0, side, stride) if r * side + c < n
-        ]
         dev = attn.device
-        grid_idx = torch.tensor([j for j in grid if j not in chosen], dtype=torch.long, device=dev)
-        fill = grid_idx[torch.sort(attn[grid_idx], descending=True, stable=True).indices][
-            : budget - len(chosen)
-        ]
-        keep = torch.sort(
-            torch.cat([torch.tensor(sorted(chosen), dtype=torch.long, device=dev), fill])
-        ).values
+        q1, q3 = torch.quantile(attn.float(), torch.tensor([0.25, 0.75], device=dev))
+        is_out = attn > q3 + 1.5 * (q3 - q1)
+        budget = max(1, k - 1)
+        grid = grid_indices(n, budget)
+        group = torch.full((n,), OTHER, dtype=torch.long, device=dev)
+        group[torch.tensor(grid, dtype=torch.long, device=dev)] = GRID
+        group = group.masked_fill(is_out, OUTLIER)
+        # by attention (descending, ties toward the lower index), then stably by group: outliers
+        # first, then the other grid patches.  More than k-1 outliers: the first k-1 are the top k-1
+        # by attention, as the rule cuts them.
+        by_attn = torch.sort(attn, descending=True, stable=True).indices
+        order = by_attn[torch.sort(group[by_attn], stable=True).indices]
+        return _Ranked(attn, keys, feats, macs, order, group, budget, len(grid) >= budget)
+
+    def _merge(self, bb, r: _Ranked, count: int, k: int) -> tuple[ReducedVisual, float]:
+        attn, keys, feats, macs = r.attn, r.keys, r.feats, r.macs
+        n = int(feats.shape[0])
+        dev = attn.device
+        keep = torch.sort(r.order[:count]).values
         kn = F.normalize(keys.float(), dim=-1)
         sim = kn[keep] @ kn.T
-        macs += float(keep.numel() * n * keys.shape[1])
-        sim[torch.arange(keep.numel(), device=dev), keep] = -float("inf")
+        macs += float(count * n * keys.shape[1])
+        sim[torch.arange(count, device=dev), keep] = -float("inf")
         nb = torch.topk(sim, min(NEIGHBOURS, n - 1), dim=1).indices  # [k-1, 32]
         weighted = feats * attn[:, None]
         merged = feats[keep] + weighted[nb].sum(1)
-        pruned = torch.ones(n, dtype=torch.bool, device=dev)
-        pruned[keep] = False
+        # the pruned patches in ascending order: stable sort of the kept mask, the first n - count
+        is_kept = torch.zeros(n, dtype=torch.int8, device=dev)
+        is_kept[keep] = 1
+        pruned = torch.sort(is_kept, stable=True).indices[: n - count]
         summary = weighted[pruned].sum(0, keepdim=True)
         tokens = torch.cat([merged, summary]) if k > 1 else summary
         anchors = torch.cat([keep, keep[-1:]]) if k > 1 else torch.zeros(1, dtype=torch.long, device=dev)

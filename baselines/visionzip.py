@@ -36,28 +36,34 @@ class VisionZip(PreLLM):
         contextual = k - dominant
         dom = torch.sort(top_k(attn, dominant - 1)).values
         dev = feats.device
-        is_dom = torch.zeros(n, dtype=torch.bool, device=dev)
-        is_dom[dom] = True
-        rest = torch.arange(n, device=dev)[~is_dom]  # stays in the traced data flow (FLOPs counting)
+        # the other patches in ascending order: a stable sort of the dominant mask puts them first,
+        # and there are exactly n - |dom| of them (static size, nothing read on the host)
+        is_dom = torch.zeros(n, dtype=torch.int8, device=dev)
+        is_dom[dom] = 1
+        rest = torch.sort(is_dom, stable=True).indices[: n - min(dominant - 1, n)]
         tokens, anchors = [cls, feats[dom]], [torch.zeros(1, dtype=torch.long, device=dev), dom]
-        if contextual > 0 and rest.numel():
-            c = min(contextual, rest.numel())
-            step = rest.numel() / c
-            tgt_pos = torch.tensor([int(j * step) for j in range(c)], device=dev)
-            targets = rest[tgt_pos]
-            is_tgt = torch.zeros(rest.numel(), dtype=torch.bool, device=dev)
-            is_tgt[tgt_pos] = True
-            others = rest[~is_tgt]
+        r = rest.numel()
+        if contextual > 0 and r:
+            c = min(contextual, r)
+            step = r / c
+            # target and member positions in ``rest`` follow from the counts alone: one upload
+            tgt = [int(j * step) for j in range(c)]
+            is_tgt = set(tgt)
+            pos = torch.tensor(tgt + [p for p in range(r) if p not in is_tgt], dtype=torch.long, device=dev)
+            split = rest[pos]
+            targets, others = split[:c], split[c:]
             kn = F.normalize(keys.float(), dim=-1)
             sim = kn[others] @ kn[targets].T
             macs += float(others.numel() * targets.numel() * keys.shape[1])
             owner = sim.argmax(1)
-            merged = []
-            for t in range(targets.numel()):
-                members = others[owner == t]
-                extra = feats[members].mean(0) if members.numel() else torch.zeros_like(feats[0])
-                merged.append(feats[targets[t]] + extra)
-            tokens.append(torch.stack(merged))
+            # per-target mean of its members: sums and counts by scatter_add (an empty target adds 0)
+            # (accumulated in float32, as ``mean`` accumulates, then back to the features' dtype)
+            d = feats.shape[1]
+            member = feats[others].float()
+            sums = member.new_zeros(c, d).scatter_add(0, owner[:, None].expand(-1, d), member)
+            ones = torch.ones(others.numel(), dtype=member.dtype, device=dev)
+            count = member.new_zeros(c).scatter_add(0, owner, ones)
+            tokens.append(feats[targets] + (sums / count.clamp_min(1)[:, None]).to(feats.dtype))
             anchors.append(targets)
         x, pmacs = project(bb, torch.cat(tokens))
         return ReducedVisual(x, torch.cat(anchors)), macs + pmacs

@@ -39,10 +39,10 @@ class VisPruner(PreLLM):
         attn, _, macs = cls_attention(bb, state)
         n_imp = round(k * self.params.important_ratio)
         imp = top_k(attn, n_imp)
-        is_imp = torch.zeros(attn.numel(), dtype=torch.bool, device=attn.device)
-        is_imp[imp] = True
-        # index tensors keep the traced data flow
-        remain = torch.arange(attn.numel(), device=attn.device)[~is_imp]
+        n = attn.numel()
+        # the other patches in ascending order: stable sort of the importance mask, first n - |imp|
+        # (static sizes throughout: nothing is read on the host)
+        remain = _without(torch.arange(n, device=attn.device), imp)
         feats = F.normalize(state["h_out"][1:].float(), dim=-1)
         target = k - n_imp
         while remain.numel() > target:
@@ -53,7 +53,14 @@ class VisPruner(PreLLM):
             scores = (feats[a] @ feats[b].T).max(1).values
             macs += float(a.numel() * b.numel() * feats.shape[1])
             drop = min(8, remain.numel() - target, a.numel())
-            gone = a[torch.sort(scores, descending=True, stable=True).indices[:drop]]
-            remain = remain[~torch.isin(remain, gone)]
+            gone = torch.sort(scores, descending=True, stable=True).indices[:drop]
+            remain = _without(remain, 2 * gone)  # a's j-th entry is remain's (2j)-th
         keep = torch.sort(torch.cat([imp, remain])).values
         return ReducedVisual(visual_embeds(batch, i)[keep], keep), macs
+
+
+def _without(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """x [m] without the entries at the distinct positions ``pos``, order kept (size m - |pos|)."""
+    mask = torch.zeros(x.numel(), dtype=torch.int8, device=x.device)
+    mask[pos] = 1
+    return x[torch.sort(mask, stable=True).indices[: x.numel() - pos.numel()]]
