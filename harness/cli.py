@@ -333,8 +333,12 @@ def cmd_latency(args: argparse.Namespace) -> int:
         )
     except (MethodError, ValueError) as exc:
         raise HarnessError(str(exc)) from None
+    for flag, value in (("--peak-tflops", args.peak_tflops), ("--bandwidth-gbs", args.bandwidth_gbs)):
+        if value is not None and not value > 0:
+            raise HarnessError(f"{flag} must be > 0, got {value}")
     res = measure(bb, batch, plan, mode=args.mode, timing=timing, decode_tokens=args.decode_tokens,
-                  include_dense=not args.no_dense)  # fmt: skip
+                  include_dense=not args.no_dense, include_reference=not args.no_reference,
+                  peak_tflops=args.peak_tflops, bandwidth_gbs=args.bandwidth_gbs)  # fmt: skip
     env = environment.capture()
     data = {
         "backbone": bb.source, "weights": bb.weights, "method": method, "mode": args.mode,
@@ -342,6 +346,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
         "device": res.details["device"], "dtype": res.details["dtype"], **res.metrics,
         "machine": env["machine"], "cpu": env["cpu"], "gpu": env["gpu"], "visual_counts": res.details["visual_counts"],
         "prompt_lengths": res.details["prompt_lengths"], "prefill_order": res.details["prefill_order"],
+        **({"reference": res.details["reference"]} if "reference" in res.details else {}),
+        **({"hardware": res.details["hardware"]} if "hardware" in res.details else {}),
     }  # fmt: skip
     if args.json:
         print(json.dumps(data, indent=2))
@@ -361,7 +367,15 @@ def cmd_latency(args: argparse.Namespace) -> int:
             ["speed-up (dense / method)", f"{m['speedup']:.2f}x"],
             ["FLOPs bound (dense / method)", f"{m['flops_bound']:.2f}x"],
             ["conversion (speed-up / FLOPs bound)", f"{m['conversion']:.3f}"],
+            ["roofline bound / conversion", f"{m['roofline_bound']:.2f}x / {m['conversion_roofline']:.3f}"],
         ]
+    if "reference_prefill_p50_s" in m:
+        rows += [["HF reference prefill p50 (s)", f"{m['reference_prefill_p50_s']:.4f}"],
+                 ["speed-up vs HF reference", f"{m['speedup_vs_reference']:.2f}x"]]  # fmt: skip
+        if "executor_overhead" in m:
+            rows += [["executor overhead (dense / HF)", f"{m['executor_overhead']:.3f}"]]
+    rows += [["host reads prefill / decode", f"{m['host_reads_prefill']:.0f} / {m.get('host_reads_decode', 0):.0f}"],
+             ["ATen ops prefill (HF reference)", f"{m['ops_prefill']:.0f}" + (f" ({m['reference_ops_prefill']:.0f})" if "reference_ops_prefill" in m else "")]]  # fmt: skip
     if "decode_p50_s" in m:
         rows += [["decode p50 per token (s)", f"{m['decode_p50_s']:.5f}"],
                  ["KV bytes per sample", f"{m['kv_bytes_per_sample']:.0f}" + (f" ({m['kv_ratio']:.1%} of dense)" if "kv_ratio" in m else "")]]  # fmt: skip
@@ -522,13 +536,20 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from harness.baselines import registry
 
     rows: list[dict[str, Any]] = [
-        {"name": "dense", "stage": "none", "needs_weights": False, "knobs": {}, "description": "no method"}
+        {
+            "name": "dense",
+            "stage": "none",
+            "needs_weights": False,
+            "knobs": {},
+            "description": "no method",
+            "host_reads": 0,
+        }  # fmt: skip
     ]
     for name in registry.names()[1:]:
         cls = registry.get(name)
         rows.append(
             {"name": name, "stage": cls.stage, "needs_weights": cls.needs_weights, "knobs": cls.knobs(),
-             "description": cls.description}
+             "description": cls.description, "host_reads": cls.host_reads}
         )  # fmt: skip
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
@@ -627,6 +648,15 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--max-repeats", type=_positive("--max-repeats"), default=200)
     lt.add_argument("--min-time", type=float, default=2.0, help="minimum timed seconds per measurement")
     lt.add_argument("--no-dense", action="store_true", help="skip the dense baseline (no ratios)")
+    lt.add_argument(
+        "--no-reference", action="store_true", help="skip the stock HF decoder (no executor_overhead)"
+    )
+    lt.add_argument(
+        "--peak-tflops", type=float, help="peak TFLOP/s for the roofline (default: table / measured)"
+    )
+    lt.add_argument(
+        "--bandwidth-gbs", type=float, help="memory GB/s for the roofline (default: table / measured)"
+    )
     lt.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], default="cpu",
         help="where to time (auto: cuda when visible); GPU timings use CUDA events + synchronize",

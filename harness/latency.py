@@ -37,7 +37,10 @@ from harness.models.executor import Executor
 from harness.models.plan import VisualPlan
 
 from . import flops_analytic as fa
+from . import roofline
 from .flops import geometry_of, schedule_from_plan, selector_overhead
+from .opcount import count_call
+from .reference import HFReference, attention_implementation, using_attention
 
 #: token geometries of the published backbones (system prefix, visual, text after the image)
 GEOMETRIES: dict[str, dict[str, int]] = {
@@ -259,8 +262,12 @@ def measure(
     timing: TimingConfig | None = None,
     decode_tokens: int = 16,
     include_dense: bool = True,
+    include_reference: bool = True,
+    peak_tflops: float | None = None,
+    bandwidth_gbs: float | None = None,
 ) -> LatencyResult:
-    """Time prefill and decode of ``plan`` and of the dense plan in the same run."""
+    """Time prefill and decode of ``plan``, of the dense plan and of the stock HF decoder
+    (``reference.py``) in the same run; count their ops and host reads in separate calls."""
     timing = timing or TimingConfig()
     batch = make_batch if isinstance(make_batch, Batch) else make_batch()
     device = batch.embeds.device
@@ -277,38 +284,51 @@ def measure(
     }
     flops: dict[str, float] = {}
     executors = {key: Executor(bb, mode if key == "method" else "drop") for key in plans}
-    # method and dense prefill interleaved: one stretch of machine time for both (see time_interleaved)
-    prefill = time_interleaved(
-        {
-            key: (lambda ex=executors[key], p=p: ex.prefill(batch, p, cache_extra=None))
-            for key, p in plans.items()
-        },
-        timing,
-        device,
-    )
-    details["prefill_order"] = "interleaved" if include_dense else "alone"
-    for key, p in plans.items():
-        ex = executors[key]
-        pre = prefill[key]
-        prefix = "prefill" if key == "method" else "dense_prefill"
-        metrics.update(pre.summary(prefix))
-        metrics[f"{prefix}_samples_per_s"] = batch.batch_size / pre.q(50)
-        if decode_tokens > 0:
-            n_steps = max(decode_tokens, timing.min_repeats)
-            out = ex.prefill(batch, p, cache_extra=timing.warmup + n_steps)
-            kv = "kv" if key == "method" else "dense_kv"
-            metrics[f"{kv}_bytes_per_sample"] = statistics.fmean(out.cache.bytes_per_sample())
-            metrics[f"{kv}_visual_bytes_per_sample"] = statistics.fmean(out.cache.visual_bytes_per_sample())
-            tok = out.logits.argmax(-1)  # forced: the same token every step, a fixed decode length
+    calls = {
+        key: (lambda ex=executors[key], p=p: ex.prefill(batch, p, cache_extra=None))
+        for key, p in plans.items()
+    }
+    ref = HFReference(bb, batch) if include_reference else None
+    impl = attention_implementation(bb, device, batch.embeds.dtype)
+    with using_attention(bb, impl):
+        if ref is not None:
+            calls["reference"] = ref.prefill
+            details["reference"] = {"model": type(bb.decoder).__name__, "attention": impl,
+                                    "cache": "DynamicCache"}  # fmt: skip
+        # every prefill interleaved: one stretch of machine time for all (see time_interleaved)
+        prefill = time_interleaved(calls, timing, device)
+        details["prefill_order"] = "interleaved" if len(calls) > 1 else "alone"
+        for key in calls:
+            prefix = {"method": "prefill", "dense": "dense_prefill", "reference": "reference_prefill"}[key]
+            metrics.update(prefill[key].summary(prefix))
+            metrics[f"{prefix}_samples_per_s"] = batch.batch_size / prefill[key].q(50)
+        n_steps = max(decode_tokens, timing.min_repeats)
+        decode_cfg = TimingConfig(timing.warmup, n_steps, 0.0, n_steps)
+        for key, p in plans.items():
+            ex = executors[key]
+            if decode_tokens > 0:
+                out = ex.prefill(batch, p, cache_extra=timing.warmup + n_steps)
+                kv = "kv" if key == "method" else "dense_kv"
+                metrics[f"{kv}_bytes_per_sample"] = statistics.fmean(out.cache.bytes_per_sample())
+                metrics[f"{kv}_visual_bytes_per_sample"] = statistics.fmean(
+                    out.cache.visual_bytes_per_sample()
+                )
+                tok = out.logits.argmax(-1)  # forced: the same token every step, a fixed decode length
 
-            def step(ex=ex, p=p, cache=out.cache, tok=tok):
-                return ex.decode_step(tok, cache, p)
+                def step(ex=ex, p=p, cache=out.cache, tok=tok):
+                    return ex.decode_step(tok, cache, p)
 
-            dec = time_call(step, TimingConfig(timing.warmup, n_steps, 0.0, n_steps), device)
-            dprefix = "decode" if key == "method" else "dense_decode"
-            metrics.update(dec.summary(dprefix))
-            metrics[f"{dprefix}_tokens_per_s"] = batch.batch_size / dec.q(50)
-        flops[key] = decoder_flops(bb, batch, p, mode if key == "method" else "drop")
+                dec = time_call(step, decode_cfg, device)
+                dprefix = "decode" if key == "method" else "dense_decode"
+                metrics.update(dec.summary(dprefix))
+                metrics[f"{dprefix}_tokens_per_s"] = batch.batch_size / dec.q(50)
+            flops[key] = decoder_flops(bb, batch, p, mode if key == "method" else "drop")
+        if ref is not None and decode_tokens > 0:
+            state = ref.start_decode()
+            dec = time_call(lambda: ref.decode_step(state), decode_cfg, device)
+            metrics.update(dec.summary("reference_decode"))
+            metrics["reference_decode_tokens_per_s"] = batch.batch_size / dec.q(50)
+        metrics.update(_counts(executors, plans, ref, batch, decode_tokens > 0))
     metrics["flops_prefill"] = flops["method"]
     metrics["batch_size"] = float(batch.batch_size)
     metrics["threads"] = float(torch.get_num_threads())
@@ -325,7 +345,61 @@ def measure(
             metrics["kv_visual_ratio"] = metrics["kv_visual_bytes_per_sample"] / max(
                 metrics["dense_kv_visual_bytes_per_sample"], 1.0
             )
+        hw = roofline.hardware(
+            device, batch.embeds.dtype, peak_tflops=peak_tflops, bandwidth_gbs=bandwidth_gbs
+        )
+        metrics["roofline_bound"] = roofline_bound(bb, batch, plan, mode, hw)
+        metrics["conversion_roofline"] = metrics["speedup"] / metrics["roofline_bound"]
+        metrics["peak_tflops"] = hw.peak_tflops
+        metrics["bandwidth_gbs"] = hw.bandwidth_gbs
+        details["hardware"] = asdict(hw)
+    if ref is not None:
+        if include_dense:
+            metrics["executor_overhead"] = metrics["dense_prefill_p50_s"] / metrics["reference_prefill_p50_s"]
+        metrics["speedup_vs_reference"] = metrics["reference_prefill_p50_s"] / metrics["prefill_p50_s"]
     details["plan"] = plan.describe()
     details["visual_counts"] = batch.visual_counts()
     details["prompt_lengths"] = batch.lengths()
     return LatencyResult(metrics, details)
+
+
+def _counts(executors, plans, ref, batch: Batch, decode: bool) -> dict[str, float]:
+    """ATen ops and host reads of one prefill (no cache, as timed) and one decode step of the
+    method, the dense path and the HF reference, in untimed calls (``opcount.py``)."""
+    out: dict[str, float] = {}
+    for key, p in plans.items():
+        ex = executors[key]
+        pre = count_call(lambda ex=ex, p=p: ex.prefill(batch, p, cache_extra=None))
+        name = "" if key == "method" else "dense_"
+        out[f"{name}ops_prefill"] = float(pre.ops)
+        if key == "method":
+            out["host_reads_prefill"] = float(pre.host_reads)
+        if decode:
+            res = ex.prefill(batch, p, cache_extra=2)
+            tok = res.logits.argmax(-1)
+            ex.decode_step(tok, res.cache, p)  # the first step prepares the cache's decode state
+            dec = count_call(lambda ex=ex, p=p, res=res, tok=tok: ex.decode_step(tok, res.cache, p))
+            out[f"{name}ops_decode"] = float(dec.ops)
+            if key == "method":
+                out["host_reads_decode"] = float(dec.host_reads)
+    if ref is not None:
+        out["reference_ops_prefill"] = float(count_call(ref.prefill).ops)
+        if decode:
+            state = ref.start_decode()
+            ref.decode_step(state)
+            out["reference_ops_decode"] = float(count_call(lambda: ref.decode_step(state)).ops)
+    return out
+
+
+def roofline_bound(bb: Backbone, batch: Batch, plan: VisualPlan, mode: str, hw) -> float:
+    """Dense over method prefill time at the physical limit (``roofline.py``) of this batch."""
+    dense = VisualPlan.dense(bb.num_layers)
+    times = []
+    for p, m in ((dense, "drop"), (plan, mode)):
+        per_sample = []
+        for i in range(batch.batch_size):
+            one = batch.select([i])
+            stats = Executor(bb, m).prefill(one, p, cache_extra=None).stats
+            per_sample.append((geometry_of(bb, one), schedule_from_plan(p, stats, one, m, bb)))
+        times.append(roofline.batch_time(per_sample, roofline.dtype_bytes(batch.embeds.dtype), hw))
+    return times[0] / times[1]

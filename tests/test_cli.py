@@ -59,6 +59,8 @@ def test_methods_json_lists_dense(capsys):
     assert main(["methods", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data[0]["name"] == "dense" and "stage" in data[0]
+    reads = {row["name"]: row["host_reads"] for row in data}
+    assert reads["fastv"] == reads["sparsevlm"] == reads["vica"] == 0 and reads["prumerge_plus"] == 1
 
 
 def test_run_uses_every_core_for_untimed_cells_unless_told(tmp_path, monkeypatch):

@@ -95,6 +95,21 @@ def test_measure_reports_ratios_and_kv(small):
     ):
         assert key in res, key
     assert res["conversion"] == pytest.approx(res["speedup"] / res["flops_bound"])
+    # the stock HF decoder, the roofline and the counts
+    assert res["executor_overhead"] == pytest.approx(
+        res["dense_prefill_p50_s"] / res["reference_prefill_p50_s"]
+    )
+    assert res["speedup_vs_reference"] == pytest.approx(res["reference_prefill_p50_s"] / res["prefill_p50_s"])
+    assert res["conversion_roofline"] == pytest.approx(res["speedup"] / res["roofline_bound"])
+    assert (
+        res["peak_tflops"] > 0
+        and res["bandwidth_gbs"] > 0
+        and 1 < res["roofline_bound"] <= res["flops_bound"] * 1.01
+    )
+    assert res["reference_decode_p50_s"] > 0
+    assert res["host_reads_prefill"] == 0 and res["host_reads_decode"] == 0
+    assert res["dense_ops_prefill"] <= res["reference_ops_prefill"]
+    assert res["ops_decode"] <= res["reference_ops_decode"]
     # KV: 64 non-visual entries in 4 layers + 576 visual in 1 layer, vs 640 in 4 layers
     assert res["kv_ratio"] == pytest.approx((4 * 64 + 576) / (4 * 640))
     assert res["kv_visual_ratio"] == pytest.approx(1 / 4)
@@ -106,20 +121,34 @@ def test_latency_cli_json_keys(capsys):
                  "--hidden", "128", "--heads", "4", "--warmup", "0", "--min-repeats", "1", "--min-time", "0",
                  "--decode-tokens", "2", "--json"]) == 0  # fmt: skip
     data = json.loads(capsys.readouterr().out)
-    for key in ("prefill_p50_s", "dense_prefill_p50_s", "speedup", "flops_bound", "conversion", "machine"):
-        assert key in data
+    for key in ("prefill_p50_s", "dense_prefill_p50_s", "speedup", "flops_bound", "conversion", "machine",
+                "reference_prefill_p50_s", "reference_decode_p50_s", "executor_overhead", "speedup_vs_reference",
+                "roofline_bound", "conversion_roofline", "peak_tflops", "bandwidth_gbs", "host_reads_prefill",
+                "host_reads_decode", "ops_prefill", "ops_decode", "dense_ops_prefill", "reference_ops_prefill",
+                "reference_ops_decode"):  # fmt: skip
+        assert key in data, key
+    assert data["reference"]["attention"] == "sdpa" and data["hardware"]["source"] == "measured"
     assert data["weights"] == "random-init" and data["method"] == "plan:keep=64@2"
     assert data["prefill_order"] == "interleaved"
     assert main(["latency", "--geometry", "llava-1.5", "--plan", "keep=64@2", "--batch", "1", "--layers", "4",
                  "--hidden", "128", "--heads", "4", "--warmup", "0", "--min-repeats", "1", "--min-time", "0",
                  "--decode-tokens", "0", "--no-dense", "--json"]) == 0  # fmt: skip
     data = json.loads(capsys.readouterr().out)
-    assert data["prefill_order"] == "alone" and "dense_prefill_p50_s" not in data
+    assert data["prefill_order"] == "interleaved" and "dense_prefill_p50_s" not in data
+    assert "speedup_vs_reference" in data and "executor_overhead" not in data
+    assert main(["latency", "--geometry", "llava-1.5", "--plan", "keep=64@2", "--batch", "1", "--layers", "4",
+                 "--hidden", "128", "--heads", "4", "--warmup", "0", "--min-repeats", "1", "--min-time", "0",
+                 "--decode-tokens", "0", "--no-dense", "--no-reference", "--peak-tflops", "1", "--bandwidth-gbs",
+                 "10", "--json"]) == 0  # fmt: skip
+    data = json.loads(capsys.readouterr().out)
+    assert data["prefill_order"] == "alone" and "reference_prefill_p50_s" not in data
 
 
 def test_latency_cli_rejects_bad_input(capsys):
     assert main(["latency", "--geometry", "llava-9"]) == 2
     assert "unknown geometry 'llava-9'" in capsys.readouterr().err
+    assert main(["latency", "--geometry", "llava-1.5", "--layers", "4", "--peak-tflops", "0"]) == 2
+    assert "--peak-tflops must be > 0, got 0.0" in capsys.readouterr().err
     assert main(["latency", "--geometry", "llava-1.5", "--plan", "kv_only=0-99", "--layers", "4"]) == 2
     assert "out of range" in capsys.readouterr().err
 
@@ -150,3 +179,25 @@ def test_latency_cli_times_saisa_with_its_own_projectors(capsys):
                  "--decode-tokens", "2", "--json"]) == 0  # fmt: skip
     data = json.loads(capsys.readouterr().out)
     assert data["kv_ratio"] == pytest.approx(1.0) and data["flops_bound"] > 1.5
+
+
+@pytest.mark.parametrize("family", ["llava-1.5", "llava-next", "qwen2-vl"])
+def test_hf_reference_is_the_same_model(random_backbones, family):
+    """The reference the speed-ups are measured against computes what the executor computes: the
+    HF decoder's prefill and cached decode on the same (ragged) batch give the same logits."""
+    import torch
+
+    from harness.models.backbone import collate
+    from harness.models.executor import Executor
+    from harness.models.random_models import ragged_samples
+    from harness.reference import HFReference
+
+    bb = random_backbones[family]
+    batch = bb.encode(collate(bb, ragged_samples(bb, 4)))
+    ref, ex = HFReference(bb, batch), Executor(bb)
+    out = ex.prefill(batch, cache_extra=3)
+    torch.testing.assert_close(ref.prefill(), out.logits, atol=1e-4, rtol=0)
+    state = ref.start_decode()
+    for _ in range(2):
+        mine = ex.decode_step(state.tokens[:, 0], out.cache)
+        torch.testing.assert_close(ref.decode_step(state), mine, atol=1e-4, rtol=0)
