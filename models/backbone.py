@@ -117,6 +117,21 @@ class Backbone:
         rot = torch.cat((-t[..., half:], t[..., :half]), dim=-1)
         return t * cos + rot * sin
 
+    @staticmethod
+    def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+        """sin with rotate-half's sign folded in: ``rotate_half(t) * sin`` becomes
+        ``swap_halves(t) * signed_sin`` (the same numbers, one elementwise pass fewer)."""
+        half = sin.shape[-1] // 2
+        return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+    @staticmethod
+    def rotate_rows(t: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+        """:meth:`rotate` for t [B, N, H, d], the projections' own layout (before the head
+        transpose, so every elementwise pass runs on contiguous rows), with ``signed_sin``."""
+        half = t.shape[-1] // 2
+        swapped = torch.cat((t[..., half:], t[..., :half]), dim=-1)
+        return (t * cos[:, :, None]).addcmul_(swapped, signed_sin[:, :, None])
+
     def layer_projection(self, layer: int, feats: torch.Tensor) -> torch.Tensor:
         """Raw vision features [..., d_vis] -> layer ``layer``'s visual states [..., h] (SAISA)."""
         raise BackboneError(

@@ -152,8 +152,7 @@ class Executor:
             prefer_split=cuda if self.prefer_split is None else self.prefer_split,
             lower_right_bias=cuda if self.lower_right_bias is None else self.lower_right_bias,
         )  # fmt: skip
-        prog = compile_plan(plan, batch.layout, opts, batch.layout.count(2), batch.sample_ids,
-                            self.bb.position_dims)  # fmt: skip
+        prog = compile_plan(plan, batch.layout, opts, batch.layout.count(2), self.bb.position_dims)
         prog.plan = plan
         self._programs[key] = prog
         while len(self._programs) > self._max_programs:
@@ -215,12 +214,10 @@ class Executor:
         hk = hn if s.norm_is_k else s.k.take(hn)
         b, nq, nk = hq.shape[0], hq.shape[1], hk.shape[1]
         H, Hkv, d = bb.num_heads, bb.num_kv_heads, bb.head_dim
-        q = attn.q_proj(hq).view(b, nq, H, d).transpose(1, 2)
-        k = attn.k_proj(hk).view(b, nk, Hkv, d).transpose(1, 2)
-        v = attn.v_proj(hk).view(b, nk, Hkv, d).transpose(1, 2)
         cos_q, sin_q, cos_k, sin_k = self._rope(st, s, hn)
-        q = bb.rotate(q, cos_q, sin_q)
-        k = bb.rotate(k, cos_k, sin_k)
+        q = bb.rotate_rows(attn.q_proj(hq).view(b, nq, H, d), cos_q, sin_q).transpose(1, 2)
+        k = bb.rotate_rows(attn.k_proj(hk).view(b, nk, Hkv, d), cos_k, sin_k).transpose(1, 2)
+        v = attn.v_proj(hk).view(b, nk, Hkv, d).transpose(1, 2)
         if self.observer is not None:
             q_tt, k_tt = s.observer_meta
             mask = self._mask(st, s.attn).expand(b, -1, -1, -1)
@@ -248,10 +245,12 @@ class Executor:
         )  # fmt: skip
 
     def _rope(self, st: _Run, s: LayerStep, hn: torch.Tensor):
-        """cos/sin of the norm rows, and their query and key rows; computed once per layout and
-        row set (every dense layer shares one table, as in the HF forward)."""
+        """cos/sin (sign-folded, ``Backbone.signed_sin``) of the norm rows, and of their query and key
+        rows; computed once per layout and row set (every dense layer shares one table, as in the HF
+        forward)."""
         if s.rope_u not in st.rope:
-            st.rope[s.rope_u] = self.bb.rope(hn, s.pos_rows.take(st.pos, 2))
+            cos, sin = self.bb.rope(hn, s.pos_rows.take(st.pos, 2))
+            st.rope[s.rope_u] = (cos, self.bb.signed_sin(sin))
         cu, su = st.rope[s.rope_u]
         out = []
         for rows, is_all, key in ((s.q, s.norm_is_q, s.rope_q), (s.k, s.norm_is_k, s.rope_k)):
@@ -392,11 +391,10 @@ class Executor:
         b, m, _ = hn.shape
         H, Hkv, d = bb.num_heads, bb.num_kv_heads, bb.head_dim
         hq = last.take(hn)
-        q = attn.q_proj(hq).view(b, 1, H, d).transpose(1, 2)
-        k = attn.k_proj(hn).view(b, m, Hkv, d).transpose(1, 2)
         cq, sq = bb.rope(hq, last.take(st.pos, 2))
         ck, sk = bb.rope(hn, st.pos)
-        q, k = bb.rotate(q, cq, sq), bb.rotate(k, ck, sk)
+        q = bb.rotate_rows(attn.q_proj(hq).view(b, 1, H, d), cq, bb.signed_sin(sq)).transpose(1, 2)
+        k = bb.rotate_rows(attn.k_proj(hn).view(b, m, Hkv, d), ck, bb.signed_sin(sk)).transpose(1, 2)
         logits = (q.float() @ _expand_kv(k, H).float().transpose(-1, -2)) * attn.scaling
         logits = logits.masked_fill(~alive[:, None, None, :], float("-inf"))
         return vis.take(torch.softmax(logits, -1).mean(1)[:, 0])
@@ -482,15 +480,15 @@ class Executor:
         for layer, lkv, a in zip(bb.layers, cache.layers, attns, strict=True):
             attn = layer.self_attn
             hn = norm(layer.input_layernorm, x)
-            q = attn.q_proj(hn).view(b, 1, H, d).transpose(1, 2)
-            k = attn.k_proj(hn).view(b, 1, Hkv, d).transpose(1, 2)
-            v = attn.v_proj(hn).view(b, 1, Hkv, d).transpose(1, 2)
             pkey = lkv.geometry[1]
             if pkey not in ropes:
                 pos = (lkv.next_pos + cache.step)[None, :, None].expand(bb.position_dims, -1, -1)
-                ropes[pkey] = bb.rope(hn, pos)
+                cos, sin = bb.rope(hn, pos)
+                ropes[pkey] = (cos, bb.signed_sin(sin))
             cos, sin = ropes[pkey]
-            q, k = bb.rotate(q, cos, sin), bb.rotate(k, cos, sin)
+            q = bb.rotate_rows(attn.q_proj(hn).view(b, 1, H, d), cos, sin).transpose(1, 2)
+            k = bb.rotate_rows(attn.k_proj(hn).view(b, 1, Hkv, d), cos, sin).transpose(1, 2)
+            v = attn.v_proj(hn).view(b, 1, Hkv, d).transpose(1, 2)
             slot = geoms[lkv.geometry[0]][1]
             lkv.k.index_copy_(2, slot, k)
             lkv.v.index_copy_(2, slot, v)

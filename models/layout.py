@@ -118,11 +118,13 @@ class RowSet:
     def __post_init__(self) -> None:
         r = self.rows
         b, k = r.shape
+        # the kind follows the rows alone: padding slots are told apart by ``valid``, not by how
+        # the rows are taken
         shared = b == 1 or bool((r == r[:1]).all())
-        if shared and k and bool(self.valid.all()) and bool((np.diff(r[0]) == 1).all()):
+        if shared and k and bool((np.diff(r[0]) == 1).all()):
             self.start, self.stop = int(r[0, 0]), int(r[0, -1]) + 1
             self.kind = "all" if (self.start, self.stop) == (0, self.size) else "slice"
-        elif shared and bool(self.valid.all()):
+        elif shared:
             self.kind = "select" if k else "slice"
         else:
             self.kind = "gather"
@@ -216,13 +218,20 @@ def rowset(select: np.ndarray, pad: np.ndarray, size: int | None = None) -> RowS
 
 def relative(sub: RowSet, sup: RowSet) -> RowSet:
     """``sub``'s rows as positions inside ``sup``'s rows (every valid row of ``sub`` must be in
-    ``sup``); padding slots point to the slot of the same padding row in ``sup``."""
+    ``sup``).  A row that appears several times (padding slots) takes its occurrences in ``sup`` in
+    order, so a set relative to an equal set is the identity (kind ``all``: no gather)."""
     b, k = sub.rows.shape
     rows = np.empty((b, k), dtype=np.int64)
     for i in range(b):
-        where = {int(r): j for j, r in reversed(list(enumerate(sup.rows[i])))}  # first slot of a row
+        slots: dict[int, list[int]] = {}
+        for j, r in enumerate(sup.rows[i]):
+            slots.setdefault(int(r), []).append(j)
+        used: dict[int, int] = {}
         for j, r in enumerate(sub.rows[i]):
-            if int(r) not in where:
+            where = slots.get(int(r))
+            if where is None:
                 raise LayoutError(f"row {int(r)} of sample {i} is not in the enclosing row set")
-            rows[i, j] = where[int(r)]
+            n = used.get(int(r), 0)
+            rows[i, j] = where[min(n, len(where) - 1)]
+            used[int(r)] = n + 1
     return RowSet(rows, sub.valid.copy(), sup.width)

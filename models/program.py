@@ -166,11 +166,7 @@ class Program:
     clone_input: bool  # some step writes the state in place
     last_rows: RowSet  # absolute, final layout [B, 1]
     final_alive: torch.Tensor  # [B, M_final] bool
-    final_rows: int
-    layout: Layout  # final layout
-    input_rows: int
-    versions: dict = field(default_factory=dict)  # version -> next_pos policy (None = batch's)
-    log: list[str] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)  # what each selection keeps (for people reading it)
     has_cache: bool = False
     extra: int = 0
     plan: object = None
@@ -205,11 +201,10 @@ class _Keys:
 
 # ---------------------------------------------------------------------------------- compile
 class Compiler:
-    def __init__(self, plan: VisualPlan, opts: CompileOptions, n_visual: list[int], sample_ids: list[str]):
+    def __init__(self, plan: VisualPlan, opts: CompileOptions, n_visual: list[int]):
         self.plan = plan
         self.opts = opts
         self.n_visual = n_visual
-        self.sample_ids = sample_ids
         self.keys = _Keys()
         self.geom: dict = {}  # (version, roles) -> shared device objects
 
@@ -228,7 +223,6 @@ class Compiler:
         stats: list[LayerStats] = []
         version = 0
         pristine = True  # visual states still equal the input embeddings
-        versions: dict = {0: None}
         pos_version = 0  # the version whose next-token positions the layer continues from
         log: list[str] = []
         self.geom = {}
@@ -236,7 +230,6 @@ class Compiler:
             if lp.drop_before is not None:
                 sel, lay, version = self._select(lay, lp.drop_before, li, "before", None, version, scratch)
                 steps.append(sel)
-                versions[version] = sel
                 log.append(sel.log)
                 pos_version = version if sel.renumber else pos_version
             step = self._layer(lay, li, lp, version, pristine)
@@ -248,7 +241,6 @@ class Compiler:
             if lp.drop_after is not None:
                 sel, lay, version = self._select(lay, lp.drop_after, li, "after", step, version, scratch)
                 steps.append(sel)
-                versions[version] = sel
                 log.append(sel.log)
                 pos_version = version if sel.renumber else pos_version
                 if sel.recycled and any(sel.recycled):
@@ -270,8 +262,7 @@ class Compiler:
         return Program(
             steps=steps, stats=stats, init_orig=_up(orig, o.device), scratch=scratch,
             clone_input=in_place and not scratch, last_rows=last_rs.materialize(o.device),
-            final_alive=_up(lay.alive, o.device), final_rows=lay.rows, layout=lay, input_rows=n_in,
-            versions=versions, log=log, has_cache=o.cache_extra is not None, last_in_work=last_in_work,
+            final_alive=_up(lay.alive, o.device), log=log, has_cache=o.cache_extra is not None, last_in_work=last_in_work,
             extra=o.cache_extra or 0, plan=self.plan,
         )  # fmt: skip
 
@@ -647,8 +638,8 @@ class _NeedsScratch(Exception):
 
 
 def compile_plan(plan: VisualPlan, layout: Layout, opts: CompileOptions, n_visual: list[int],
-                 sample_ids: list[str], position_dims: int = 1) -> Program:  # fmt: skip
-    c = Compiler(plan, opts, n_visual, sample_ids)
+                 position_dims: int = 1) -> Program:  # fmt: skip
+    c = Compiler(plan, opts, n_visual)
     c._position_dims = position_dims
     try:
         return c.compile(layout)
