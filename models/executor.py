@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
 from .batch import Batch, apply_reduction
-from .kernels import norm
+from .kernels import expand_kv, norm, sliced_mlp
 from .kv_cache import KVCache, LayerKV
 from .outputs import LayerStats, PrefillOutput
 from .plan import VisualPlan
@@ -231,7 +231,7 @@ class Executor:
         if s.ffn_full is not None:
             xw = s.ffn_full.add(xw, mlp(norm(norm2, s.ffn_full.take(xw))))
         if s.ffn_part is not None:
-            xw = s.ffn_part.add(xw, _sliced_mlp(mlp, norm(norm2, s.ffn_part.take(xw)), s.plan.visual_ffn))
+            xw = s.ffn_part.add(xw, sliced_mlp(mlp, norm(norm2, s.ffn_part.take(xw)), s.plan.visual_ffn))
         st.xw = xw
         if s.work.kind == "all":
             st.x = xw
@@ -287,7 +287,7 @@ class Executor:
             out = self._sdpa(st, a, q, k, v, scale)
         elif h.mode == "zero_values":
             H = q.shape[1]
-            out = self._sdpa(st, a, q, _expand_kv(k, H), _expand_kv(v, H) * h.vkeep, scale)
+            out = self._sdpa(st, a, q, expand_kv(k, H), expand_kv(v, H) * h.vkeep, scale)
             if h.qkeep is not None:
                 out = out * h.qkeep
         else:
@@ -356,7 +356,7 @@ class Executor:
         """What a drop_after selector reads from inside the layer: the last prompt token's (or the
         text raters') attention on the present visual tokens, and post-RoPE keys."""
         H = q.shape[1]
-        kk = _expand_kv(k, H).float()
+        kk = expand_kv(k, H).float()
         scores = None
         if s.score_last is not None:
             last, allowed = s.score_last
@@ -395,7 +395,7 @@ class Executor:
         ck, sk = bb.rope(hn, st.pos)
         q = bb.rotate_rows(attn.q_proj(hq).view(b, 1, H, d), cq, bb.signed_sin(sq)).transpose(1, 2)
         k = bb.rotate_rows(attn.k_proj(hn).view(b, m, Hkv, d), ck, bb.signed_sin(sk)).transpose(1, 2)
-        logits = (q.float() @ _expand_kv(k, H).float().transpose(-1, -2)) * attn.scaling
+        logits = (q.float() @ expand_kv(k, H).float().transpose(-1, -2)) * attn.scaling
         logits = logits.masked_fill(~alive[:, None, None, :], float("-inf"))
         return vis.take(torch.softmax(logits, -1).mean(1)[:, 0])
 
@@ -598,22 +598,3 @@ def _padded_features(st: _Run) -> torch.Tensor:
         ]
         st.masks["features"] = torch.stack(rows)
     return st.masks["features"]
-
-
-def _expand_kv(t: torch.Tensor, heads: int) -> torch.Tensor:
-    """[B, Hkv, N, d] -> [B, H, N, d] (grouped-query attention)."""
-    rep = heads // int(t.shape[1])
-    return t if rep == 1 else t.repeat_interleave(rep, dim=1)
-
-
-def _sliced_mlp(mlp, x: torch.Tensor, width: int) -> torch.Tensor:
-    """The gated MLP restricted to its first ``width`` intermediate channels (YOPO)."""
-
-    def lin(mod, inp, rows=None, cols=None):
-        w = mod.weight
-        w = w[:rows] if rows is not None else w[:, :cols]
-        bias = None if mod.bias is None else (mod.bias[:rows] if rows is not None else mod.bias)
-        return F.linear(inp, w, bias)
-
-    act = mlp.act_fn(lin(mlp.gate_proj, x, rows=width)) * lin(mlp.up_proj, x, rows=width)
-    return lin(mlp.down_proj, act, cols=width)

@@ -1,4 +1,4 @@
-"""Fused kernels the executor calls with the HF modules' own weights.
+"""Kernels the executors call with the HF modules' own weights.
 
 HF's Llama-family RMSNorm is written as six elementwise ops (cast, square, mean, add, rsqrt, two
 multiplies): six kernel launches on a GPU and, on the CPU, about ten times the time of one fused
@@ -23,3 +23,22 @@ def norm(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         w = module.weight
         return F.rms_norm(x, (w.shape[-1],), w, module.variance_epsilon)
     return module(x)
+
+
+def expand_kv(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, Hkv, N, d] -> [B, H, N, d] (grouped-query attention)."""
+    rep = heads // int(t.shape[1])
+    return t if rep == 1 else t.repeat_interleave(rep, dim=1)
+
+
+def sliced_mlp(mlp, x: torch.Tensor, width: int) -> torch.Tensor:
+    """The gated MLP restricted to its first ``width`` intermediate channels (YOPO)."""
+
+    def lin(mod, inp, rows=None, cols=None):
+        w = mod.weight
+        w = w[:rows] if rows is not None else w[:, :cols]
+        bias = None if mod.bias is None else (mod.bias[:rows] if rows is not None else mod.bias)
+        return F.linear(inp, w, bias)
+
+    act = mlp.act_fn(lin(mlp.gate_proj, x, rows=width)) * lin(mlp.up_proj, x, rows=width)
+    return lin(mlp.down_proj, act, cols=width)

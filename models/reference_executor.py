@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .batch import Batch, TokenType, apply_reduction
+from .kernels import expand_kv, sliced_mlp
 from .outputs import LayerStats, PrefillOutput
 from .plan import LayerPlan, PlanError, VisualPlan
 from .selection import SampleCounts, SelectContext
@@ -340,7 +341,7 @@ class ReferenceExecutor:
             empty = ~mask.any(-1, keepdim=True)  # rows with no allowed key (e.g. padding)
             mask = mask | empty
         gqa = int(v_used.shape[1]) != H
-        k_used = k if int(v_used.shape[1]) == int(k.shape[1]) else _expand_kv(k, H)
+        k_used = k if int(v_used.shape[1]) == int(k.shape[1]) else expand_kv(k, H)
         out = F.scaled_dot_product_attention(
             q, k_used, v_used, attn_mask=mask, scale=attn.scaling, enable_gqa=gqa
         )
@@ -463,7 +464,7 @@ class ReferenceExecutor:
         if lp.head_mode == "drop_keys":
             mask = mask & ~(pruned & ~q_vis & k_vis)
         else:  # zero_values: softmax over all keys, visual values zeroed for pruned heads
-            v_used = _expand_kv(v, H).clone()
+            v_used = expand_kv(v, H).clone()
             kv_vis = (km["ttype"] == VIS)[:, None, :, None]  # [B, 1, nk, 1]
             v_used = v_used.masked_fill(pruned & kv_vis, 0.0)
         return mask, v_used, head_zero_q
@@ -501,7 +502,7 @@ class ReferenceExecutor:
             st.x.scatter_add_(1, full[..., None].expand(-1, -1, hn.shape[-1]), mlp(hn))
         if part is not None:
             hn = layer.post_attention_layernorm(_gather_rows(st.x, part))
-            upd = _sliced_mlp(mlp, hn, width)
+            upd = sliced_mlp(mlp, hn, width)
             st.x.scatter_add_(1, part[..., None].expand(-1, -1, upd.shape[-1]), upd)
 
     # ------------------------------------------------------------------ token selection
@@ -519,7 +520,7 @@ class ReferenceExecutor:
         bi = torch.arange(q.shape[0], device=q.device)
         q_last = q[bi, :, rows][:, :, None]  # [B, H, 1, d]
         H = q.shape[1]
-        kk = _expand_kv(k, H)
+        kk = expand_kv(k, H)
         logits = (q_last.float() @ kk.float().transpose(-1, -2)) * scaling
         m = mask.expand(-1, H, -1, -1)[bi, :, rows][:, :, None]
         logits = logits.masked_fill(~m, float("-inf"))
@@ -555,7 +556,7 @@ class ReferenceExecutor:
             real[i, : len(r)] = True
         bi = torch.arange(b, device=dev)[:, None]
         qr = q[bi, :, qpos].transpose(1, 2)  # [B, H, R, d]
-        logits = (qr.float() @ _expand_kv(k, H).float().transpose(-1, -2)) * scaling
+        logits = (qr.float() @ expand_kv(k, H).float().transpose(-1, -2)) * scaling
         allowed = mask.expand(-1, H, -1, -1)[bi, :, qpos].transpose(1, 2) | ~real[:, None, :, None]
         probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), -1).mean(1)  # [B, R, nk]
         weight = real.float() / real.sum(1, keepdim=True).clamp(min=1)
@@ -662,7 +663,7 @@ class ReferenceExecutor:
         cq, sq = bb.rope(hq, pos_q)
         ck, sk = bb.rope(hn, st.pos[:, :, :-1])
         q, k = bb.rotate(q, cq, sq), bb.rotate(k, ck, sk)
-        logits = (q.float() @ _expand_kv(k, H).float().transpose(-1, -2)) * attn.scaling
+        logits = (q.float() @ expand_kv(k, H).float().transpose(-1, -2)) * attn.scaling
         ok = (st.alive & (st.order <= st.order[bi, last][:, None]))[:, :-1]
         logits = logits.masked_fill(~ok[:, None, None, :], float("-inf"))
         probs = torch.softmax(logits, -1).mean(1)[:, 0]
@@ -751,8 +752,8 @@ class ReferenceExecutor:
                 if lp.head_mode == "drop_keys":
                     mask = mask & ~(pruned & is_vis[:, None, None, :])
                 else:
-                    vv = _expand_kv(vv, H).masked_fill(pruned & is_vis[:, None, :, None], 0.0)
-                    kk = _expand_kv(kk, H)
+                    vv = expand_kv(vv, H).masked_fill(pruned & is_vis[:, None, :, None], 0.0)
+                    kk = expand_kv(kk, H)
             out = F.scaled_dot_product_attention(
                 q, kk, vv, attn_mask=mask, scale=attn.scaling, enable_gqa=int(kk.shape[1]) != H
             )
@@ -787,25 +788,6 @@ class ReferenceExecutor:
                 done = done | (tok == eos_token_id)
             toks.append(tok)
         return torch.stack(toks, 1)
-
-
-def _expand_kv(t: torch.Tensor, heads: int) -> torch.Tensor:
-    """[B, Hkv, N, d] -> [B, H, N, d] (grouped-query attention)."""
-    rep = heads // int(t.shape[1])
-    return t if rep == 1 else t.repeat_interleave(rep, dim=1)
-
-
-def _sliced_mlp(mlp, x: torch.Tensor, width: int) -> torch.Tensor:
-    """The gated MLP restricted to its first ``width`` intermediate channels (YOPO)."""
-
-    def lin(mod, inp, rows=None, cols=None):
-        w = mod.weight
-        w = w[:rows] if rows is not None else w[:, :cols]
-        bias = None if mod.bias is None else (mod.bias[:rows] if rows is not None else mod.bias)
-        return F.linear(inp, w, bias)
-
-    act = mlp.act_fn(lin(mlp.gate_proj, x, rows=width)) * lin(mlp.up_proj, x, rows=width)
-    return lin(mlp.down_proj, act, cols=width)
 
 
 def _compact_kv(kv: LayerKV) -> LayerKV:
