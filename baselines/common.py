@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from harness.models.method import MethodError
+from harness.models.selection import top_k_slots
 
 #: (family, layers, hidden) -> published backbone name
 PUBLISHED = {
@@ -41,6 +42,5 @@ def kept_count(budget: float, n_visual: int) -> int:
 
 
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k largest scores; ties toward the lower index."""
-    k = min(k, scores.numel())
-    return torch.sort(scores, descending=True, stable=True).indices[:k]
+    """Indices of the k largest of 1-D ``scores`` (at most all of them); ties toward the lower index."""
+    return top_k_slots(scores, min(k, scores.numel()))

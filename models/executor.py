@@ -67,7 +67,8 @@ class _Run:
         self.masks: dict = {}
         self.raters: dict = {}
         self.pending: dict = {}
-        self.coords = None
+        self.coords = None  # grid coordinates and raw vision features, padded once per call
+        self.features = None
 
     def enter(self, work, key: int) -> None:
         if key == self.work_key:
@@ -109,6 +110,7 @@ class Executor:
         self.lower_right_bias = lower_right_bias
         self._reference = ReferenceExecutor(backbone, "mask", observer) if mode == "mask" else None
         self._programs: OrderedDict = OrderedDict()
+        self._validated: set = set()  # plans checked already (validation walks every layer)
         self._max_programs = programs
 
     # ------------------------------------------------------------------ prefill
@@ -133,7 +135,9 @@ class Executor:
         layout.  Returns (the batch the layers run on, its program)."""
         bb = self.bb
         plan = plan or VisualPlan.dense(bb.num_layers)
-        plan.validate(bb.num_layers, bb.num_heads, bb.intermediate_size)
+        if plan not in self._validated:
+            plan.validate(bb.num_layers, bb.num_heads, bb.intermediate_size)
+            self._validated.add(plan)
         if plan.reducer is not None:
             batch = apply_reduction(batch, plan.reducer.reduce(bb, batch), "drop")
         return batch, self.compile(batch, plan, cache_extra)
@@ -332,10 +336,6 @@ class Executor:
         coordinates of the query and key rows (they follow the tokens through drops)."""
         w = a.window
         if w is None:
-            if a.mask is None:  # causal kinds: an observer asked for the mask
-                return torch.ones(a.nq, a.nk, dtype=torch.bool, device=st.x.device).tril(a.nk - a.nq)[
-                    None, None
-                ]
             return a.mask
         key = ("window", a.key)
         if key not in st.masks:
@@ -587,7 +587,7 @@ def _padded_coords(st: _Run) -> torch.Tensor:
 
 def _padded_features(st: _Run) -> torch.Tensor:
     """The raw vision features of every sample as one [B, Nv, d] tensor (shapes are host facts)."""
-    if "features" not in st.masks:
+    if st.features is None:
         feats = st.batch.vision_features
         n = max(int(f.shape[0]) for f in feats)
         d = max(int(f.shape[-1]) for f in feats if f.dim() == 2)
@@ -596,5 +596,5 @@ def _padded_features(st: _Run) -> torch.Tensor:
             torch.cat([f, ref.new_zeros(n - int(f.shape[0]), d)]) if f.dim() == 2 else ref.new_zeros(n, d)
             for f in feats
         ]
-        st.masks["features"] = torch.stack(rows)
-    return st.masks["features"]
+        st.features = torch.stack(rows)
+    return st.features

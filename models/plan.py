@@ -118,15 +118,6 @@ class TopKByLastAttention:
         return top_k_slots(ctx.scores, ctx.k)
 
 
-def top_k_lowest_index_ties(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k largest scores; equal scores prefer the lower index (stable sort)."""
-    import torch
-
-    k = min(k, scores.numel())
-    order = torch.sort(scores, descending=True, stable=True).indices
-    return order[:k]
-
-
 @dataclass
 class ReducedVisual:
     """A pre-LLM reducer's output for one sample: new visual embeddings (LLM input space) and, per

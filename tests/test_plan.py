@@ -5,13 +5,13 @@ from dataclasses import replace
 import pytest
 import torch
 
+from harness.baselines.common import top_k
 from harness.models.plan import (
     DENSE_LAYER,
     KV_ONLY,
     KeepVisual,
     PlanError,
     VisualPlan,
-    top_k_lowest_index_ties,
 )
 from harness.models.selection import SampleCounts, slots_of, top_k_slots
 
@@ -62,5 +62,5 @@ def test_batched_top_k_breaks_ties_toward_lower_slot_and_puts_padding_last():
 
 def test_top_k_breaks_ties_toward_lower_index():
     scores = torch.tensor([0.1, 0.5, 0.5, 0.2, 0.5])
-    assert top_k_lowest_index_ties(scores, 2).tolist() == [1, 2]
-    assert top_k_lowest_index_ties(scores, 9).tolist() == [1, 2, 4, 3, 0]
+    assert top_k(scores, 2).tolist() == [1, 2]
+    assert top_k(scores, 9).tolist() == [1, 2, 4, 3, 0]
