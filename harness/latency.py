@@ -35,6 +35,7 @@ from harness.models.backbone import Backbone, wrap
 from harness.models.batch import Batch, TokenType
 from harness.models.executor import Executor
 from harness.models.plan import VisualPlan
+from harness.models.random_models import randomize_norms
 
 from . import flops_analytic as fa
 from . import roofline
@@ -182,7 +183,7 @@ def synthetic_backbone(
                          max_position_embeddings=8192),
         image_token_index=vocab - 1,
     )  # fmt: skip
-    model = transformers.LlavaForConditionalGeneration(cfg).float().eval()
+    model = randomize_norms(transformers.LlavaForConditionalGeneration(cfg).float().eval())
     model.config._attn_implementation = "sdpa"
     bb = wrap(model, source=f"synthetic:{geometry}:L{layers}h{hidden}", weights="random-init")
     if architecture == "saisa":

@@ -29,15 +29,37 @@ def _llama_text(layers: int = 4) -> dict[str, Any]:
     )  # fmt: skip
 
 
-def _clip_vision() -> dict[str, Any]:
+def _clip_vision(image_size: int = 84) -> dict[str, Any]:
     return dict(
         model_type="clip_vision_model", hidden_size=48, intermediate_size=96, num_hidden_layers=3,
-        num_attention_heads=4, image_size=84, patch_size=14, projection_dim=48,
+        num_attention_heads=4, image_size=image_size, patch_size=14, projection_dim=48,
     )  # fmt: skip
 
 
-def build_random(family: str, seed: int = 0, layers: int = 4) -> Backbone:
-    """A random-init backbone of the given family (``llava-1.5``, ``llava-next``, ``qwen2-vl``)."""
+def randomize_norms(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
+    """Draw every norm's weight as 1 + scale x N(0, 1) and its bias (LayerNorm) and every linear
+    bias as scale x N(0, 1), from torch's current seed.
+
+    HF initialises norm weights to 1 and biases to 0, and with those a misplaced, missing or doubled
+    norm changes almost nothing (an RMSNorm of unit weight is idempotent), so equivalence checks on
+    random models could not see one.  Call it after seeding, once the model is built."""
+    with torch.no_grad():
+        for module in model.modules():
+            if "norm" in type(module).__name__.lower() and isinstance(
+                getattr(module, "weight", None), torch.nn.Parameter
+            ):
+                module.weight.copy_(1 + scale * torch.randn_like(module.weight))
+                if isinstance(getattr(module, "bias", None), torch.nn.Parameter):
+                    module.bias.copy_(scale * torch.randn_like(module.bias))
+            elif isinstance(module, torch.nn.Linear) and module.bias is not None:
+                module.bias.copy_(scale * torch.randn_like(module.bias))
+    return model
+
+
+def build_random(family: str, seed: int = 0, layers: int = 4, image_size: int = 84) -> Backbone:
+    """A random-init backbone of the given family (``llava-1.5``, ``llava-next``, ``qwen2-vl``),
+    norm weights and biases drawn at random too (``randomize_norms``).  ``image_size`` sets
+    LLaVA-1.5's CLIP input side: 84 gives 36 patches, 336 gives LLaVA-1.5's 576."""
     import transformers
 
     if family not in RANDOM_FAMILIES:
@@ -48,7 +70,7 @@ def build_random(family: str, seed: int = 0, layers: int = 4) -> Backbone:
     kind = RANDOM_FAMILIES[family]
     if kind == "llava":
         cfg = transformers.LlavaConfig(
-            vision_config=_clip_vision(), text_config=_llama_text(layers), image_token_index=IMAGE_TOKEN,
+            vision_config=_clip_vision(image_size), text_config=_llama_text(layers), image_token_index=IMAGE_TOKEN,
             vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
         )  # fmt: skip
         model = transformers.LlavaForConditionalGeneration(cfg)
@@ -75,7 +97,7 @@ def build_random(family: str, seed: int = 0, layers: int = 4) -> Backbone:
             vision_start_token_id=IMAGE_TOKEN - 2, vision_end_token_id=IMAGE_TOKEN - 3,
         )  # fmt: skip
         model = transformers.Qwen2VLForConditionalGeneration(cfg)
-    model = model.float().eval()
+    model = randomize_norms(model.float().eval())
     model.config._attn_implementation = "sdpa"
     bb = wrap(model, source=f"random:{family}:seed{seed}", weights="random-init")
     return bb
@@ -110,7 +132,8 @@ def random_sample_inputs(
     rng = np.random.default_rng(seed)
     proc = _image_processor(bb)
     if bb.family == "llava":
-        pv = torch.from_numpy(rng.standard_normal((1, 3, 84, 84)).astype(np.float32))
+        side = bb.config.vision_config.image_size
+        pv = torch.from_numpy(rng.standard_normal((1, 3, side, side)).astype(np.float32))
         inputs: dict[str, Any] = {"pixel_values": pv}
     elif bb.family == "llava_next":
         out = proc(images=[random_image(rng, image_size)], return_tensors="pt")
@@ -133,3 +156,37 @@ RAGGED = [(7, (84, 84)), (12, (140, 84)), (4, (84, 168)), (9, (112, 112))]
 def ragged_samples(bb: Backbone, n: int = 4, seed: int = 0) -> list[dict]:
     """n samples with different prompt lengths and (NeXT, Qwen2-VL) different image sizes."""
     return [random_sample_inputs(bb, seed * 100 + i, *RAGGED[i % len(RAGGED)]) for i in range(n)]
+
+
+def _byte_level_vocab() -> dict[str, int]:
+    """A CLIP-tokenizer vocabulary of the 256 byte-level symbols (word-final too) and the specials."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in keep]
+    symbols = [chr(c) for c in keep] + [chr(256 + j) for j in range(len(extra))]
+    vocab = {c: i for i, c in enumerate(symbols)}
+    vocab.update({c + "</w>": len(symbols) + i for i, c in enumerate(symbols)})
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    return vocab
+
+
+def save_random_clip(bb: Backbone, out: Any, seed: int = 0) -> Any:
+    """A CLIP checkpoint with a small random text tower whose vision tower is ``bb``'s (its weights
+    copied), saved with ``save_pretrained`` and a byte-level CLIP tokenizer: the local file that
+    CDPruner's CLIP-space relevance reads (``cdpruner`` parameter ``clip``)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    vc = bb.config.vision_config.to_dict()
+    cfg = transformers.CLIPConfig(
+        vision_config=vc,
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         vocab_size=514, max_position_embeddings=77, bos_token_id=512, eos_token_id=513,
+                         pad_token_id=513),
+        projection_dim=24,
+    )  # fmt: skip
+    model = randomize_norms(transformers.CLIPModel(cfg).eval())
+    tower = bb.model.model.vision_tower
+    model.vision_model.load_state_dict(tower.state_dict())
+    model.save_pretrained(out)
+    transformers.CLIPTokenizer(vocab=_byte_level_vocab(), merges=[]).save_pretrained(out)
+    return out
