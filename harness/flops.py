@@ -234,7 +234,7 @@ class _Prefill(torch.nn.Module):
 
     def forward(self, *tensors):
         inputs = dict(zip(self.keys, tensors, strict=True)) | self.extra
-        batch = self.bb.encode(inputs)
+        batch = self.bb.encode(inputs, tower=self.plan.tower)
         return Executor(self.bb, self.mode).prefill(batch, self.plan, cache_extra=None).logits
 
 
@@ -476,14 +476,22 @@ class FlopsCell:
 
 def flops_cell(bb: Backbone, inputs: dict[str, Any], plan: VisualPlan, mode: str = "drop") -> FlopsCell:
     """Count (fvcore) and model (analytic) one batch-1 prefill of ``plan``."""
-    batch = bb.encode(inputs)
+    batch = bb.encode(inputs, tower=plan.tower)
     if batch.batch_size != 1:
         raise ValueError("FLOPs are counted per sample: give batch-1 inputs")
     stats = Executor(bb, mode).prefill(batch, plan, cache_extra=None).stats
     g = geometry_of(bb, batch)
     work = schedule_from_plan(plan, stats, batch, mode, bb)
     overhead = fa.Compute(selector_overhead(plan, stats, batch, g, bb))
-    report = fa.analyze(g, work, "exact", lm_head="last", vision_crops=g.vision.crops, overhead=overhead)
+    tower = {}
+    if plan.tower is not None:  # one tower pass that merges: its tokens per block, k projected rows
+        tower = dict(
+            vision_tokens=plan.tower.tower_tokens(g.vision.patches, g.vision.layers_needed),
+            projector_rows=stats[0].present[0],
+        )
+    report = fa.analyze(
+        g, work, "exact", lm_head="last", vision_crops=g.vision.crops, overhead=overhead, **tower
+    )
     # the executor runs only the vision layers it needs (select layer -2 -> one fewer)
     report = replace(report, vision_tower=report.vision_tower_needed)
     counted = count_prefill(bb, inputs, plan, mode)

@@ -217,19 +217,24 @@ def layer_count(g: Geometry, w: LayerWork, convention: str | Convention = "exact
 # --------------------------------------------------------------------------------------------------
 
 
-def vision_tower_compute(g: Geometry, layers: int | None = None) -> Compute:
+def vision_tower_compute(
+    g: Geometry, layers: int | None = None, tokens: Sequence[tuple[int, int]] | None = None
+) -> Compute:
     """ViT MACs for all crops: patch embedding + ``layers`` encoder blocks (default: all executed).
 
     Per block and token: Q/K/V/O 4·D², MLP 2·D·mlp; attention 2·N²·D per crop (full, non-causal).
     LLaVA uses the output of layer 22 (select layer -2), so ``g.vision.layers_needed`` = 23 blocks
-    suffice; HF and the LLaVA reference execute all 24.
+    suffice; HF and the LLaVA reference execute all 24.  ``tokens``: (attention tokens, MLP tokens)
+    per block for a tower that merges tokens as it goes (ToMe); later blocks keep the last count.
     """
     vg = g.vision
     n_layers = vg.layers if layers is None else layers
     n, d = vg.tokens, vg.width
     embed = vg.patches * d * vg.channels * vg.temporal_patch * vg.patch**2
-    block = 4 * n * d * d + 2 * n * d * vg.mlp + 2 * n * n * d
-    return Compute(vg.crops * (embed + n_layers * block))
+    per = list(tokens or [])
+    per += [(per[-1][1] if per else n,) * 2] * max(0, n_layers - len(per))
+    blocks = sum(4 * na * d * d + 2 * nm * d * vg.mlp + 2 * na * na * d for na, nm in per[:n_layers])
+    return Compute(vg.crops * (embed + blocks))
 
 
 def projector_compute(g: Geometry, rows: int | None = None) -> Compute:
@@ -367,13 +372,15 @@ def analyze(
     lm_head: Literal["last", "all"] | int = "last",
     vision_crops: int | None = None,
     projector_rows: int | None = None,
+    vision_tokens: Sequence[tuple[int, int]] | None = None,
     overhead: Compute = Compute(),
 ) -> FlopsReport:
     """Evaluate a schedule on a geometry: vision tower, projector, decoder, visual side, LM head.
 
     ``lm_head``: ``"last"`` = one row (prefill inside ``generate``), ``"all"`` = every prompt row
     (a plain forward), or an explicit row count. ``projector_rows`` / ``vision_crops`` override the
-    geometry for pre-LLM methods that shrink what goes through the projector / tower.
+    geometry for pre-LLM methods that shrink what goes through the projector / tower;
+    ``vision_tokens`` gives a merging tower's tokens per block (``vision_tower_compute``).
     """
     g = get_geometry(g) if isinstance(g, str) else g
     if len(schedule) != g.layers:
@@ -393,8 +400,8 @@ def analyze(
         convention=c.name,
         paper_unit=c.paper_unit,
         t=t,
-        vision_tower=vision_tower_compute(gv),
-        vision_tower_needed=vision_tower_compute(gv, gv.vision.layers_needed),
+        vision_tower=vision_tower_compute(gv, tokens=vision_tokens),
+        vision_tower_needed=vision_tower_compute(gv, gv.vision.layers_needed, vision_tokens),
         projector=projector_compute(g, projector_rows),
         decoder=total([k.decoder for k in counts]),
         decoder_projectors=Compute(sum(k.projectors for k in counts)),

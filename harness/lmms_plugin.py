@@ -88,7 +88,7 @@ class SeebenchLMM(lmms):
         prompts = [chat_prompt(self.backbone, c) for c in contexts]
         images = [v[0] for v in visuals]
         inputs = self.backbone.build_inputs(prompts, images)
-        batch = self.backbone.encode(inputs)
+        batch = self.backbone.encode(inputs, tower=self.plan.tower)
         tok = self._tokenizer()
         eos = getattr(tok, "eos_token_id", None)
         out = self.executor.generate(batch, self.plan, max_new_tokens=max_new_tokens, eos_token_id=eos)

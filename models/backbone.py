@@ -144,8 +144,9 @@ class Backbone:
     def image_token_id(self) -> int:
         return int(self.config.image_token_id)
 
-    def encode(self, inputs: dict[str, Any], sample_ids: list[str] | None = None) -> Batch:
-        """Processor outputs (input_ids, attention_mask, pixel values, ...) -> embedded batch."""
+    def encode(self, inputs: dict[str, Any], sample_ids: list[str] | None = None, tower: Any = None) -> Batch:
+        """Processor outputs (input_ids, attention_mask, pixel values, ...) -> embedded batch;
+        ``tower``: a method that runs inside the vision tower's forward (``VisualPlan.tower``)."""
         raise NotImplementedError
 
     def hf_logits(self, inputs: dict[str, Any]) -> torch.Tensor:

@@ -86,8 +86,9 @@ class Batch:
         sl = slice(self.seq_len - n, self.seq_len)
         feats = None if self.vision_features is None else [self.vision_features[r] for r in rows]
         extras = dict(self.extras)
-        if isinstance(extras.get("clip"), list):
-            extras["clip"] = [extras["clip"][r] for r in rows]
+        for key in PER_SAMPLE_EXTRAS:
+            if isinstance(extras.get(key), list):
+                extras[key] = [extras[key][r] for r in rows]
         return Batch(
             embeds=self.embeds[rows, sl],
             token_type=self.token_type[rows, sl],
@@ -100,6 +101,10 @@ class Batch:
             extras=extras,
             layout=Layout(self.layout.ttype[rows, sl]),
         )
+
+
+#: ``extras`` entries that hold one item per sample (``select`` slices them)
+PER_SAMPLE_EXTRAS = ("clip", "tower", "tower_macs", "text_ids")
 
 
 def _to(obj: Any, device: torch.device | str, dtype: torch.dtype | None) -> Any:

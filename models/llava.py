@@ -15,7 +15,8 @@ import torch
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from .backbone import Backbone, VisionOutput
-from .batch import Batch, left_pad_positions, token_types_from_ids, visual_index_from_types
+from .batch import Batch, TokenType, left_pad_positions, token_types_from_ids, visual_index_from_types
+from .method import MethodError
 
 
 def _feature_layers(config) -> list[int]:
@@ -66,27 +67,53 @@ class LlavaBackbone(Backbone):
             return feats[:, 1:]
         return feats
 
-    def vision(self, inputs: dict[str, Any]) -> VisionOutput:
+    def _merged_vision(self, pixel_values: torch.Tensor, tower: Any) -> VisionOutput:
+        """The tower forward with a method merging inside it (``tower.run_tower``, e.g. ToMe): the
+        merged patch states of the feature layer go through the projector; the image's slots keep
+        the dense layout and each image's (embeds, anchors) waits in ``extras["tower"]``."""
+        vt = self.model.model.vision_tower
+        enc_layers = getattr(getattr(vt, "encoder", None), "layers", None)
+        layers = _feature_layers(self.config)
+        if enc_layers is None or len(layers) != 1:
+            raise ValueError("a tower that merges needs a CLIP encoder read at one feature layer")
+        total = len(enc_layers)
+        w = layers[0] if layers[0] >= 0 else total + 1 + layers[0]
+        h = vt.embeddings(pixel_values.to(self.dtype))
+        pre = getattr(vt, "pre_layrnorm", None)
+        if pre is not None:
+            h = pre(h)
+        merged = tower.run_tower(self, h, enc_layers[:w])
+        reduced = [(self.project(x), anchors) for x, anchors, _ in merged]  # (embeds, anchors)
+        n = int(h.shape[1]) - (1 if self.config.vision_feature_select_strategy == "default" else 0)
+        return VisionOutput(
+            features=[x for x, _, _ in merged],
+            embeds=[e for e, _ in reduced],
+            coords=[_grid(n)] * len(merged),
+            vision_layers_run=w,
+            vision_layers_total=total,
+            extras={"tower": reduced, "tower_macs": [m for _, _, m in merged], "slots": n},
+        )
+
+    def vision(self, inputs: dict[str, Any], tower: Any = None) -> VisionOutput:
+        if tower is not None:
+            return self._merged_vision(inputs["pixel_values"], tower)
         feats, run, total = self._vision_features(inputs["pixel_values"])
         feats = self._select(feats)
         embeds = self.project(feats)
-        n = int(feats.shape[1])
-        g = math.isqrt(n)
-        j = torch.arange(n)
-        grid = torch.stack([torch.zeros_like(j), j // g, j % g], 1) if g * g == n else torch.stack(
-            [torch.zeros_like(j), torch.zeros_like(j), j], 1
-        )  # fmt: skip
         return VisionOutput(
             features=list(feats),
             embeds=list(embeds),
-            coords=[grid] * feats.shape[0],
+            coords=[_grid(int(feats.shape[1]))] * feats.shape[0],
             vision_layers_run=run,
             vision_layers_total=total,
             extras=dict(getattr(self, "_clip_states", {})),
         )
 
     # ---- batch
-    def encode(self, inputs: dict[str, Any], sample_ids: list[str] | None = None) -> Batch:
+    def encode(self, inputs: dict[str, Any], sample_ids: list[str] | None = None, tower: Any = None) -> Batch:
+        """Processor inputs -> embedded batch.  ``tower``: a pre-LLM method that merges inside the
+        vision tower's forward (``VisualPlan.tower``); its merged tokens replace the image's in the
+        executor (``extras["tower"]``), and the image slots hold the image-token embedding meanwhile."""
         input_ids = inputs["input_ids"]
         attention_mask = inputs.get("attention_mask")
         if attention_mask is None:
@@ -97,15 +124,19 @@ class LlavaBackbone(Backbone):
         coords = torch.full((*input_ids.shape, 3), -1, dtype=torch.long)
         vision = None
         if inputs.get("pixel_values") is not None:
-            vision = self.vision(inputs)
+            vision = self.vision(inputs, tower) if tower is not None else self.vision(inputs)
             img_rows = (input_ids == self.image_token_id).any(1).nonzero().flatten().tolist()
             if len(img_rows) != len(vision.embeds):
                 raise ValueError(
                     f"{len(vision.embeds)} images for {len(img_rows)} prompts with an image token; "
                     "give exactly one image per prompt that has one"
                 )
+            merged = "tower" in vision.extras
             for row, emb, crd in zip(img_rows, vision.embeds, vision.coords, strict=True):
                 slots = (input_ids[row] == self.image_token_id).nonzero().flatten()
+                if merged and slots.numel() == crd.shape[0]:
+                    coords[row, slots] = crd  # the merged tokens replace these slots in the executor
+                    continue
                 if slots.numel() != emb.shape[0]:
                     raise ValueError(
                         f"sample {row}: {slots.numel()} image tokens in the prompt but the image gives "
@@ -131,9 +162,12 @@ class LlavaBackbone(Backbone):
             extras={
                 "vision_layers_run": vision.vision_layers_run if vision else 0,
                 "vision_layers_total": vision.vision_layers_total if vision else 0,
+                # the instruction's token ids (TEXT rows, host lists): CDPruner's CLIP-text relevance
+                "text_ids": [input_ids[i][ttype[i] == int(TokenType.TEXT)].tolist() for i in range(b)],
                 "clip": _per_sample(vision.extras, img_rows, b)
-                if vision and self.family == "llava"
+                if vision and self.family == "llava" and "tower" not in vision.extras
                 else None,
+                **(_tower_outputs(vision.extras, img_rows, b) if vision and "tower" in vision.extras else {}),
             },
         )
 
@@ -162,7 +196,11 @@ class LlavaNextBackbone(LlavaBackbone):
 
     family = "llava_next"
 
-    def vision(self, inputs: dict[str, Any]) -> VisionOutput:
+    def vision(self, inputs: dict[str, Any], tower: Any = None) -> VisionOutput:
+        if tower is not None:
+            raise MethodError(
+                f"method '{tower.name}' merges inside the vision tower: it needs a LLaVA-1.5 backbone with a CLIP tower"
+            )
         pixel_values, image_sizes = inputs["pixel_values"], inputs["image_sizes"]
         cfg = self.config
         n_patches = [
@@ -223,6 +261,24 @@ class LlavaNextBackbone(LlavaBackbone):
         hi_coords[c == width - 1] = -1
         out[g * g :] = hi_coords
         return out
+
+
+def _grid(n: int) -> torch.Tensor:
+    """(0, row, col) of n patches on a square grid (else (0, 0, j))."""
+    g = math.isqrt(n)
+    j = torch.arange(n)
+    if g * g == n:
+        return torch.stack([torch.zeros_like(j), j // g, j % g], 1)
+    return torch.stack([torch.zeros_like(j), torch.zeros_like(j), j], 1)
+
+
+def _tower_outputs(extras: dict, img_rows: list[int], b: int) -> dict[str, list]:
+    """A merging tower's per-image outputs, per sample (None / 0 for prompts without an image)."""
+    reduced: list = [None] * b
+    macs = [0.0] * b
+    for j, row in enumerate(img_rows):
+        reduced[row], macs[row] = extras["tower"][j], extras["tower_macs"][j]
+    return {"tower": reduced, "tower_macs": macs}
 
 
 def _per_sample(clip: dict, img_rows: list[int], b: int) -> list[dict | None] | None:

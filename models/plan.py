@@ -203,6 +203,12 @@ class VisualPlan:
     def with_reducer(self, reducer: Any) -> VisualPlan:
         return replace(self, reducer=reducer)
 
+    @property
+    def tower(self) -> Any:
+        """The reducer when it runs inside the vision tower's forward (``in_tower``), else None:
+        pass it to ``Backbone.encode(inputs, tower=...)`` so one tower pass does the merging."""
+        return self.reducer if getattr(self.reducer, "in_tower", False) else None
+
     def with_layer(self, index: int, layer: LayerPlan) -> VisualPlan:
         layers = list(self.layers)
         layers[index] = layer

@@ -13,6 +13,7 @@ import torch
 
 from .backbone import Backbone, VisionOutput
 from .batch import Batch, token_types_from_ids, visual_index_from_types
+from .method import MethodError
 
 
 class Qwen2VLBackbone(Backbone):
@@ -51,7 +52,11 @@ class Qwen2VLBackbone(Backbone):
         kw.setdefault("mm_token_type_ids", self.mm_token_type_ids(kw["input_ids"]))
         return kw
 
-    def encode(self, inputs: dict[str, Any], sample_ids: list[str] | None = None) -> Batch:
+    def encode(self, inputs: dict[str, Any], sample_ids: list[str] | None = None, tower: Any = None) -> Batch:
+        if tower is not None:
+            raise MethodError(
+                f"method '{tower.name}' merges inside the vision tower: it needs a LLaVA-1.5 backbone with a CLIP tower"
+            )
         kw = self._with_types(inputs)
         input_ids = kw["input_ids"]
         attention_mask = kw.get("attention_mask", torch.ones_like(input_ids))

@@ -110,7 +110,7 @@ def verify_plan(
 ) -> PlanReport:
     """drop == mask logits (last prompt token and every text position), equal greedy answers in
     both modes, and batched answers == batch-1 answers."""
-    batch = bb.encode(inputs)
+    batch = bb.encode(inputs, tower=plan.tower)
     res = {}
     for mode in ("drop", "mask"):
         ex = Executor(bb, mode)

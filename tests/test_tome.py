@@ -41,12 +41,13 @@ def test_bipartite_merge_by_hand():
     x = torch.arange(10.0).view(5, 2)
     size = torch.tensor([1.0, 2.0, 1.0, 3.0, 4.0])
     first = torch.tensor([-1, 0, 1, 2, 3])
-    # r = 1: the strongest edge is p3 -> p0; merged = (2 x_p0 + 4 x_p3) / 6, size 6, first index 0
+    # r = 1: the strongest edge is p3 -> p0; merged = (2 x_p0 + 4 x_p3) / 6, size 6, first index 0;
+    # the official order follows: unmerged A (CLS, p1), then B (p0 merged, p2)
     x1, s1, _, f1 = bipartite_merge(x, size, metric, first, 1)
-    assert f1.tolist() == [-1, 0, 1, 2]
-    assert s1.tolist() == [1.0, 6.0, 1.0, 3.0]
-    assert torch.allclose(x1[1], (2 * x[1] + 4 * x[4]) / 6)
-    assert torch.equal(x1[[0, 2, 3]], x[[0, 2, 3]])
+    assert f1.tolist() == [-1, 1, 0, 2]
+    assert s1.tolist() == [1.0, 1.0, 6.0, 3.0]
+    assert torch.allclose(x1[2], (2 * x[1] + 4 * x[4]) / 6)
+    assert torch.equal(x1[[0, 1, 3]], x[[0, 2, 3]])
     # r = 2: also p1 -> p2 (0.8); the group {p1, p2} has size 4 and is anchored at p1
     x2, s2, m2, f2 = bipartite_merge(x, size, metric, first, 2)
     assert f2.tolist() == [-1, 0, 1]
@@ -76,21 +77,19 @@ def tome_by_hand(bb, h_embed, quotas):
                 j = sims.index(max(sims))
                 edges.append((-sims[j], a, b_pos[j]))
             into = {a: b for _, a, b in sorted(edges)[:r]}
-            tokens = []
-            for p in range(t):
-                if p in into:
-                    continue
+            tokens = []  # the official order: unmerged A tokens in A order, then the B tokens
+            for p in [a for a in a_pos if a not in into] + b_pos:
                 members = [p] + [a for a, b in into.items() if b == p]
                 weight = torch.tensor([float(len(groups[m])) for m in members])
                 vec = (weight[:, None] * x[members]).sum(0) / weight.sum()
                 tokens.append(
                     (min(min(groups[m]) for m in members), vec, sum((groups[m] for m in members), []))
                 )
-            tokens.sort(key=lambda tok: tok[0])
             x = torch.stack([tok[1] for tok in tokens])
             groups = [tok[2] for tok in tokens]
             x = x + layer.mlp(layer.layer_norm2(x))
-    return x, groups
+    order = [0] + sorted(range(1, len(groups)), key=lambda j: min(groups[j]))  # output in patch order
+    return x[order], [groups[j] for j in order]
 
 
 @pytest.mark.parametrize(("budget", "quotas"), [(576, [0, 0]), (560, [1, 0]), (512, [2, 2]), (464, [4, 3])])
@@ -161,3 +160,31 @@ def test_bad_knobs_one_line(params, message):
     with pytest.raises(MethodError, match=message) as err:
         build_stack("tome", {"tome": params})
     assert "\n" not in str(err.value)
+
+
+def test_one_tower_pass_merges_inside_the_towers_forward(llava576):
+    """ToMe's FLOPs record one tower pass, with merging, in place of the dense one: the tower line
+    counts the merged token counts per block (fvcore == analytic), k rows go through the projector,
+    and the method's overhead is the matching alone."""
+    from harness.flops import flops_cell
+    from harness.models.plan import VisualPlan
+
+    bb = llava576
+    sample = ragged_samples(bb, 1)[0]
+    dense = flops_cell(bb, sample, VisualPlan.dense(bb.num_layers))
+    cell = flops_cell(bb, sample, build_stack("tome", {"tome": {"budget": 128}}).plan(bb))
+    assert max(cell.rel_diff().values()) <= 0.01, cell.rel_diff()
+    # CLIP: 577 tokens, width 48, MLP 96, feature layer -2 of 3 -> 2 blocks; 448 merges, 224 a block
+    d, m = 48, 96
+
+    def block(na, nm):
+        return 4 * na * d * d + 2 * nm * d * m + 2 * na * na * d
+
+    embed = 576 * d * 3 * 14 * 14
+    assert cell.analytic.vision_tower.macs == embed + block(577, 353) + block(353, 129)
+    assert dense.analytic.vision_tower.macs == embed + 2 * block(577, 577)
+    assert cell.counted.vision_tower < 0.75 * dense.counted.vision_tower
+    assert cell.analytic.projector.macs == 128 / 576 * dense.analytic.projector.macs
+    # |A| x |B| x d_head per matching round; block 1's 224 merges exceed one round (176 + 48)
+    matching = (289 * 288 + 177 * 176 + 89 * 88) * 12
+    assert cell.analytic.overhead.macs == matching
