@@ -114,3 +114,69 @@ def test_bad_knobs_one_line(params, message):
     with pytest.raises(MethodError, match=message) as err:
         build_stack("cdpruner", {"cdpruner": params})
     assert "\n" not in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tiny_llava, tmp_path_factory):
+    """A local CLIP checkpoint with a random text tower around the tiny model's vision tower."""
+    from harness.models.random_models import save_random_clip
+
+    return str(save_random_clip(tiny_llava, tmp_path_factory.mktemp("clip") / "clip"))
+
+
+def _clip_space_reference(bb, clip_dir, inputs, k):
+    """The released code's relevance, restated from the CLIP model itself: patch features of the
+    feature layer (recomputed with the HF tower) -> post_layernorm -> visual_projection, against
+    ``get_text_features`` of the instruction in 77-token chunks; kept set by the official rule."""
+    import transformers
+    from conftest import tiny_prompt_text
+    from test_reference_other import official_cdpruner
+
+    clip = transformers.CLIPModel.from_pretrained(clip_dir).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(clip_dir)
+    with torch.no_grad():
+        hs = bb.model.model.vision_tower(inputs["pixel_values"], output_hidden_states=True).hidden_states
+        patches = hs[bb.config.vision_feature_layer][0, 1:]
+        img = clip.visual_projection(clip.vision_model.post_layernorm(patches))
+        ids = tok(tiny_prompt_text(bb, inputs), add_special_tokens=False)["input_ids"]
+        chunks = [ids[i : i + 75] for i in range(0, len(ids), 75)]
+        txt = torch.cat(
+            [
+                clip.get_text_features(torch.tensor([[tok.bos_token_id, *c, tok.eos_token_id]])).pooler_output
+                for c in chunks
+            ]
+        )
+        batch = bb.encode(inputs)
+        s, e = batch.layout.visual_spans()[0]
+        return official_cdpruner(img, txt, batch.embeds[0, s:e], k)
+
+
+@pytest.mark.parametrize("budget", [192, 128, 64])
+def test_clip_space_relevance_matches_the_released_rule(tiny_llava, tiny_clip, budget):
+    from conftest import tiny_inputs
+
+    bb = tiny_llava
+    stack = build_stack("cdpruner", {"cdpruner": {"budget": budget, "clip": tiny_clip}})
+    plan = stack.plan(bb)
+    assert stack.params()["cdpruner"]["relevance"] == "clip"  # recorded in the record's params
+    k = round(budget / 576 * 144)
+    for inputs in tiny_inputs(bb, (1, 2)):
+        got = plan.reducer.reduce(bb, bb.encode(inputs))[0].anchors.tolist()
+        assert got == _clip_space_reference(bb, tiny_clip, inputs, k)
+    # and it is not the LLM-space fallback's choice
+    llm = build_stack("cdpruner", {"cdpruner": {"budget": budget, "relevance": "llm"}}).plan(bb)
+    batch = bb.encode(tiny_inputs(bb, (1,))[0])
+    assert (
+        llm.reducer.reduce(bb, batch)[0].anchors.tolist()
+        != plan.reducer.reduce(bb, batch)[0].anchors.tolist()
+    )
+
+
+def test_clip_relevance_without_a_checkpoint_is_one_line(tiny_llava, tmp_path):
+    with pytest.raises(MethodError, match="relevance='clip' needs a CLIP checkpoint"):
+        build_stack("cdpruner", {"cdpruner": {"relevance": "clip"}}).plan(tiny_llava)
+    with pytest.raises(MethodError, match="no CLIP checkpoint at"):
+        plan = build_stack("cdpruner", {"cdpruner": {"clip": str(tmp_path)}}).plan(tiny_llava)
+        from conftest import tiny_inputs
+
+        plan.reducer.reduce(tiny_llava, tiny_llava.encode(tiny_inputs(tiny_llava)[0]))
