@@ -36,10 +36,19 @@ def cls_attention(
 
     Default: the feature layer (-2), per head then mean over heads; keys averaged over heads
     [n, d_head].  ``last_layer``: PruMerge+'s variant on the last ViT layer with all dims as one
-    head; keys [n, d].  Returns (attention [n], keys, MACs)."""
+    head; keys [n, d].  Returns (attention [n], keys, MACs).
+
+    Both read q_proj / k_proj of layer_norm1 of the layer's INPUT, as the official hooks on
+    ``q_proj`` / ``k_proj`` see it.  For the last layer that input is ``h_in`` when the feature layer
+    is the last one (feature layer -1), ``h_out`` when it is the one before (-2, LLaVA-1.5); for a
+    shallower feature layer the missing encoder layers are run here (their MACs are overhead)."""
     vt = bb.model.model.vision_tower
-    index = len(vt.encoder.layers) - 1 if last_layer else state["layer"]
-    h = state["h_out"] if last_layer else state["h_in"]
+    macs = 0.0
+    if last_layer:
+        index = len(vt.encoder.layers) - 1
+        h, macs = _input_of(bb, state, index)
+    else:
+        index, h = state["layer"], state["h_in"]
     layer = _layer(bb, index)
     attn = layer.self_attn
     x = layer.layer_norm1(h)
@@ -52,8 +61,27 @@ def cls_attention(
     kh = k.view(n, heads, dh).transpose(0, 1)  # [H, n, dh]
     probs = torch.softmax((qh @ kh.transpose(1, 2)) * dh**-0.5, -1)[:, 0]  # [H, n]
     keys = k[1:] if last_layer else kh.mean(0)[1:]
-    macs = d * d + n * d * d + n * d
+    macs += d * d + n * d * d + n * d
     return probs.mean(0)[1:], keys, float(macs)
+
+
+def _input_of(bb: Any, state: dict, index: int) -> tuple[torch.Tensor, float]:
+    """The hidden state entering encoder layer ``index`` (at or after the feature layer) and the MACs
+    of the encoder layers run to get it (none when the backbone kept it)."""
+    w = state["layer"]
+    if index == w:
+        return state["h_in"], 0.0
+    if index < w:
+        raise MethodError(f"CLIP layer {index} lies before the kept feature layer {w}")
+    h, macs = state["h_out"], 0.0
+    for j in range(w + 1, index):
+        layer = _layer(bb, j)
+        out = layer(h[None], None)
+        h = (out[0] if isinstance(out, tuple) else out)[0]
+        n, d = h.shape
+        ff = layer.mlp.fc1.out_features
+        macs += float(4 * n * d * d + 2 * n * n * d + 2 * n * d * ff)
+    return h, macs
 
 
 def project(bb: Any, feats: torch.Tensor) -> tuple[torch.Tensor, float]:

@@ -1,6 +1,11 @@
 """PruMerge+ (fixed-k, labelled ``prumerge_plus[fixed]`` in the spec): outliers + spatial samples, merged.
 
-Importance: CLS attention of the last CLIP layer with all dims as one head.  Keep the IQR outliers
+Importance: CLS attention of the last CLIP layer with all dims as one head, from that layer's q_proj /
+k_proj applied to layer_norm1 of the layer's INPUT, as the official forward hooks see them
+(42Shawn/LLaVA-PruMerge, llava/model/multimodal_encoder/clip_encoder.py
+``token_prune_merge_advanced_plus``: hooks on ``layers[23].self_attn.{q,k}_proj``, softmax(q k^T
+C^-0.5)); on a feature layer -1 backbone that input is the feature layer's input, on -2 its output
+(``clip_attention.cls_attention``).  Keep the IQR outliers
 (Q3 + 1.5 IQR; the top k-1 by attention if there are more), fill to k-1 with uniform-grid patches
 (highest attention first); each kept token adds the attention-weighted features of its 32 most
 key-similar other patches; one more token = the attention-weighted sum of all pruned patches.  Then
@@ -11,6 +16,15 @@ attention, descending), then the other grid patches (by attention, descending), 
 are kept, which is the rule above whenever the grid alone has k-1 patches.  When it has fewer (budget
 192 of 576: a 144-patch grid) the kept count min(k-1, |outliers + grid|) depends on the data, and that
 one number per sample is read on the host, once per prefill for the whole batch (``host_reads``).
+
+Where the fixed-k mode departs from the official (adaptive) code: the official keeps every IQR
+outlier (``topk(int(N * ratio))``, ratio = outlier share) and adds the 1-D arithmetic sequence
+``arange(0, 575, int(int(1 / ratio) / 3))`` of flattened patch indices not already kept, so its count
+is data-dependent; seebench caps at k-1 and samples a square grid of stride round(sqrt(n / (k-1))),
+highest attention first.  The official tokens come in selection order (outliers by descending
+attention, then the sequence), seebench's in ascending patch order.  Attention, the 32-neighbour
+key-similarity merge (other kept and pruned patches, weights = CLS attention, unnormalised) and the
+pruned-summary token are the official ones.
 """
 
 from __future__ import annotations

@@ -1,11 +1,16 @@
 """VisionZip: dominant tokens (CLS + top patches by CLS attention) and merged contextual tokens.
 
 Dominant (baselines.md 3.2): the top-(D-1) patches by CLS attention of CLIP layer -2, plus the CLS
-token's own state.  Contextual: on the remaining patches, keys of that layer averaged over heads and
-L2-normalised; C targets by uniform stride; every other remaining patch joins its most similar
-target; a contextual token = target feature + mean of its members.  D : C follows the published
-splits (54 + 10 for 64 tokens, 108 + 20, 162 + 30).  Output: dominant in original order (CLS first),
-then contextual in target order; positions renumbered; the tokens go through the projector.
+token's own state.  Contextual: on the remaining r patches (ascending), keys of that layer averaged
+over heads and L2-normalised; the C targets are the remaining patches at positions 0, s, 2s, ...,
+(C-1)s with the integer stride s = max(1, r // C), as the official code indexes them
+(``torch.arange(0, r, step)[:C]`` in dvlab-research/VisionZip visionzip/clip_encoder.py
+``CLIPVisionTower_VisionZip.forward``); every other remaining patch joins its most similar target
+(argmax cosine); a contextual token = target feature + mean of its members (an empty target adds 0).
+D : C follows the published splits (54 + 10 for 64 tokens, 108 + 20, 162 + 30).  Output: dominant in
+original order (CLS first), then contextual in target order; positions renumbered; the tokens go
+through the projector.  The official code hard-codes ``hidden_states[-2]`` / layer -2; seebench reads
+the layer LLaVA takes its features from (the same on LLaVA-1.5).
 """
 
 from __future__ import annotations
@@ -45,9 +50,9 @@ class VisionZip(PreLLM):
         r = rest.numel()
         if contextual > 0 and r:
             c = min(contextual, r)
-            step = r / c
+            step = max(1, r // c)  # the official integer stride: arange(0, r, r // C)[:C]
             # target and member positions in ``rest`` follow from the counts alone: one upload
-            tgt = [int(j * step) for j in range(c)]
+            tgt = [j * step for j in range(c)]
             is_tgt = set(tgt)
             pos = torch.tensor(tgt + [p for p in range(r) if p not in is_tgt], dtype=torch.long, device=dev)
             split = rest[pos]

@@ -1,9 +1,14 @@
 """VisPruner: important patches by CLS attention, then diverse ones by ToMe-style de-duplication.
 
-Important (baselines.md 3.3): top round(k x r) by CLS attention of CLIP layer -2 (mean over heads).
-Diverse: on the remaining patches (cosine similarity of layer -2 features), split the list
-alternately into A and B, score each a by its best match in B and drop the 8 highest-scoring a
-(fewer in the last round) until k - round(k x r) remain.  Output: the union, ascending; no merging.
+Follows the official code (Theia-4869/VisPruner, llava/model/llava_arch.py ``encode_images``), which
+baselines.md 3.3 summarises:
+Important: the top int(k x r) patches by CLS attention of CLIP layer -2 (mean over heads); int, not
+round, as the code takes ``int(visual_token_num * important_ratio)``.
+Diverse: the other patches in descending CLS-attention order form the list (cosine similarity of the
+layer -2 features).  Each round splits the current list alternately into A (even positions) and B
+(odd); each a scores its best match in B; the min(8, |list| - (k - int(k x r))) highest-scoring a are
+dropped; the list is rebuilt as the kept a (by descending score) followed by B, and the next round
+splits that list.  Until k - int(k x r) remain.  Output: the union, ascending; no merging.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from harness.models.plan import ReducedVisual
 
 from .clip_attention import clip_state, cls_attention, visual_embeds
-from .common import top_k
 from .prellm import PreLLM
 
 
@@ -37,15 +41,14 @@ class VisPruner(PreLLM):
     def reduce_one(self, bb, batch, i, k):
         state = clip_state(batch, i, self.name)
         attn, _, macs = cls_attention(bb, state)
-        n_imp = round(k * self.params.important_ratio)
-        imp = top_k(attn, n_imp)
-        n = attn.numel()
-        # the other patches in ascending order: stable sort of the importance mask, first n - |imp|
-        # (static sizes throughout: nothing is read on the host)
-        remain = _without(torch.arange(n, device=attn.device), imp)
+        n_imp = int(k * self.params.important_ratio)
+        # patches by descending attention (ties toward the lower index): the first n_imp are the
+        # important ones, the rest start the de-duplication list in that order (static sizes)
+        order = torch.sort(attn, descending=True, stable=True).indices
+        imp, remain = order[:n_imp], order[n_imp:]
         feats = F.normalize(state["h_out"][1:].float(), dim=-1)
         target = k - n_imp
-        while remain.numel() > target:
+        while target > 0 and remain.numel() > target:
             a, b = remain[0::2], remain[1::2]
             if b.numel() == 0:
                 remain = remain[:target]
@@ -53,14 +56,7 @@ class VisPruner(PreLLM):
             scores = (feats[a] @ feats[b].T).max(1).values
             macs += float(a.numel() * b.numel() * feats.shape[1])
             drop = min(8, remain.numel() - target, a.numel())
-            gone = torch.sort(scores, descending=True, stable=True).indices[:drop]
-            remain = _without(remain, 2 * gone)  # a's j-th entry is remain's (2j)-th
-        keep = torch.sort(torch.cat([imp, remain])).values
+            distinct = torch.sort(scores, descending=True, stable=True).indices[drop:]
+            remain = torch.cat([a[distinct], b])  # kept a by descending score, then B
+        keep = torch.sort(torch.cat([imp, remain]) if target > 0 else imp).values
         return ReducedVisual(visual_embeds(batch, i)[keep], keep), macs
-
-
-def _without(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """x [m] without the entries at the distinct positions ``pos``, order kept (size m - |pos|)."""
-    mask = torch.zeros(x.numel(), dtype=torch.int8, device=x.device)
-    mask[pos] = 1
-    return x[torch.sort(mask, stable=True).indices[: x.numel() - pos.numel()]]
