@@ -52,6 +52,10 @@ class RandomDrop(Method):
     name: ClassVar[str] = "random"
     stage: ClassVar = "in-llm"
     description: ClassVar[str] = "keep a seeded random subset of visual tokens (control)"
+    reference: ClassVar[dict[str, str]] = {
+        "repository": 'seebench', "commit": '', "file": 'baselines/random_drop.py',
+        "rule": "seebench's own control (no official code)",
+    }  # fmt: skip
     Params: ClassVar[type[BaseModel]] = Params
 
     def validate_for(self, backbone: Any) -> None:

@@ -91,6 +91,10 @@ class ShortV(Method):
     description: ClassVar[str] = (
         "visual tokens K/V-only (no query, no FFN) in the N lowest-contribution layers"
     )
+    reference: ClassVar[dict[str, str]] = {
+        "repository": 'icip-cas/ShortV', "commit": '737c28c', "file": '',
+        "rule": 'ShortvDecoderLayer',
+    }  # fmt: skip
     Params: ClassVar[type[BaseModel]] = Params
 
     def ordered_layers(self, backbone: Any) -> list[int]:

@@ -36,6 +36,10 @@ class VisPruner(PreLLM):
     description: ClassVar[str] = (
         "important patches by CLIP [CLS] attention + diverse patches by de-duplication"
     )
+    reference: ClassVar[dict[str, str]] = {
+        "repository": 'Theia-4869/VisPruner', "commit": 'aefa01adc7c7ce6334e880c88225e90cede760d1', "file": 'llava/model/llava_arch.py',
+        "rule": 'encode_images',
+    }  # fmt: skip
     Params: ClassVar[type[BaseModel]] = Params
 
     def reduce_one(self, bb, batch, i, k):

@@ -43,6 +43,10 @@ class YOPO(Method):
     description: ClassVar[str] = (
         "window visual attention, pruned visual heads, m/r visual FFN, cut (reference)"
     )
+    reference: ClassVar[dict[str, str]] = {
+        "repository": 'ZhangAIPI/YOPO_MLLM_Pruning', "commit": 'f0783f4', "file": 'modeling_llama_prune.py',
+        "rule": 'YOPO pruned decoder',
+    }  # fmt: skip
     Params: ClassVar[type[BaseModel]] = Params
     head_mode: ClassVar[str] = "zero_values"
 
@@ -102,6 +106,10 @@ class YOPOTextOnly(YOPO):
     description: ClassVar[str] = (
         "YOPO as stated: pruned heads see no visual keys; no visual tokens after the cut"
     )
+    reference: ClassVar[dict[str, str]] = {
+        "repository": 'ZhangAIPI/YOPO_MLLM_Pruning', "commit": 'f0783f4', "file": 'modeling_llama_prune.py',
+        "rule": 'YOPO pruned decoder',
+    }  # fmt: skip
     head_mode: ClassVar[str] = "drop_keys"
 
     def after_cut(self, width: int) -> LayerPlan:

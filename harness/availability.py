@@ -119,6 +119,8 @@ def analytic_schedule(geometry: str, method: str, params: dict[str, dict[str, An
         return g, fa.pdrop(g, p.get("layer_list") or layers, p.get("lam") or lam)
     if method in ("random", "dart") and p.get("budget"):
         k = round(p["budget"] * g.v / 576)
+        if method == "dart":  # 4 visual pivots + floor(B / 8) per pivot, as the released code keeps
+            k = min(g.v, 4 + 8 * (k // 8))
         layer = p.get("layer", 0) if method == "random" else p.get("k", 2)
         return g, fa.in_llm(g, [g.v] * layer + [k] * (g.layers - layer))
     if method == "yopo" or method == "yopo_textonly":

@@ -543,13 +543,19 @@ def cmd_methods(args: argparse.Namespace) -> int:
             "knobs": {},
             "description": "no method",
             "host_reads": 0,
+            "reference": {
+                "repository": "transformers",
+                "commit": "",
+                "file": "",
+                "rule": "the stock HF forward",
+            },
         }  # fmt: skip
     ]
     for name in registry.names()[1:]:
         cls = registry.get(name)
         rows.append(
             {"name": name, "stage": cls.stage, "needs_weights": cls.needs_weights, "knobs": cls.knobs(),
-             "description": cls.description, "host_reads": cls.host_reads}
+             "description": cls.description, "host_reads": cls.host_reads, "reference": cls.reference}
         )  # fmt: skip
     if args.json:
         print(json.dumps(rows, indent=2, default=str))

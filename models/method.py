@@ -38,6 +38,9 @@ class Method:
     #: device values the method reads on the host per prefill (a data-dependent count it cannot
     #: cap); 0 for every method whose counts follow from the layout
     host_reads: ClassVar[int] = 0
+    #: the official code its rule follows: repository, commit, file and the function or rule
+    #: (``harness methods --json``); ``repository`` says "seebench" for the project's own rules
+    reference: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, **params: Any) -> None:
         try:

@@ -538,7 +538,11 @@ class Compiler:
         V = rowset(vis, pad).materialize(dev)
         T = rowset(txt, pad).materialize(dev)
         b = lay.batch_size
-        counts = [SampleCounts(int(vis[i].sum()), int(self.n_visual[i]), int(txt[i].sum())) for i in range(b)]
+        sys_ = alive & (tt == SYS)
+        counts = [
+            SampleCounts(int(vis[i].sum()), int(self.n_visual[i]), int(txt[i].sum()), int(sys_[i].sum()))
+            for i in range(b)
+        ]
         kept = [int(sel.kept(c)) for c in counts]
         for c, k in zip(counts, kept, strict=True):
             if not 0 <= k <= c.present:

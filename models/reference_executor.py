@@ -570,8 +570,14 @@ class ReferenceExecutor:
         present = [idx[i][real[i]] for i in range(b)]
         txt_rows = st.alive & (st.ttype == int(TokenType.TEXT))
         tidx, treal = _select_index(txt_rows, st.m - 1)
+        n_sys = (st.alive & (st.ttype == int(TokenType.SYSTEM))).sum(1).tolist()
         counts = [
-            SampleCounts(int(real[i].sum()), int((batch.visual_index[i] >= 0).sum()), int(treal[i].sum()))
+            SampleCounts(
+                int(real[i].sum()),
+                int((batch.visual_index[i] >= 0).sum()),
+                int(treal[i].sum()),
+                int(n_sys[i]),
+            )  # fmt: skip
             for i in range(b)
         ]
         kept = [int(sel.kept(c)) for c in counts]

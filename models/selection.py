@@ -29,6 +29,7 @@ class SampleCounts:
     present: int  # visual tokens present when the selector runs
     n_visual: int  # visual tokens the sample entered layer 0 with (the budget's reference)
     n_text: int  # text tokens after the image
+    n_system: int = 0  # tokens before the image (the image's start position in the prompt)
 
 
 @dataclass

@@ -46,6 +46,10 @@ class ViCA(Method):
     description: ClassVar[str] = (
         "visual tokens never updated; text reads them only in T2V layers (needs ViCA weights)"
     )
+    reference: ClassVar[dict[str, str]] = {
+        "repository": 'EIT-NLP/ViCA', "commit": '1ca09b9', "file": '',
+        "rule": 'ViCA decoder layers',
+    }  # fmt: skip
     needs_weights: ClassVar[bool] = True
     Params: ClassVar[type[BaseModel]] = Params
 

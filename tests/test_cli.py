@@ -61,6 +61,15 @@ def test_methods_json_lists_dense(capsys):
     assert data[0]["name"] == "dense" and "stage" in data[0]
     reads = {row["name"]: row["host_reads"] for row in data}
     assert reads["fastv"] == reads["sparsevlm"] == reads["vica"] == 0 and reads["prumerge_plus"] == 1
+    refs = {row["name"]: row["reference"] for row in data}
+    assert all(set(r) == {"repository", "commit", "file", "rule"} for r in refs.values()), refs
+    # every pruning baseline with official code names the commit and file its rule follows
+    official = ["fastv", "pdrop", "sparsevlm", "dart", "fastervlm", "visionzip", "vispruner", "prumerge_plus",
+                "divprune", "cdpruner", "tome"]  # fmt: skip
+    for name in official:
+        ref = refs[name]
+        assert "/" in ref["repository"] and len(ref["commit"]) == 40 and ref["file"], name
+    assert refs["random"]["repository"] == "seebench"
 
 
 def test_run_uses_every_core_for_untimed_cells_unless_told(tmp_path, monkeypatch):

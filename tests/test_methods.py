@@ -133,7 +133,7 @@ def test_dart_keeps_pivots_and_least_similar_tokens(random_backbones):
     plan = build_stack("dart", {"dart": {"budget": budget}}).plan(bb)
     kept = _kept_after(bb, batch, plan, 2)[0]
     b = round(budget / 576 * 36)
-    assert len(kept) == 4 + 8 * ((b - 4) // 8)
+    assert len(kept) == 4 + 8 * (b // 8)  # official: floor(B/8) per pivot, plus the 4 visual pivots
     # independent recomputation: dense states after layer 1 and layer-1 keys
     ex = Executor(bb)
     states = {}
@@ -159,9 +159,13 @@ def test_dart_keeps_pivots_and_least_similar_tokens(random_backbones):
     ht = F.normalize(bb.norm(states["thid"]), dim=-1)
     t_piv = torch.topk(states["tkeys"].abs().sum(-1), 4).indices
     taken = set(v_piv.tolist())
-    per = (b - 4) // 8
-    for p in [hv[i] for i in sorted(v_piv.tolist())] + [ht[i] for i in sorted(t_piv.tolist())]:
-        order = [i for i in torch.argsort(hv @ p, stable=True).tolist() if i not in taken]
+    per = b // 8
+    # the official pivots iterate in Python set order of their absolute positions (by default the
+    # image starts where the sample's does; text follows the 36 visual tokens)
+    start = int((batch.token_type[0] == 1).sum())
+    pos = {start + i: hv[i] for i in v_piv.tolist()} | {start + 36 + i: ht[i] for i in t_piv.tolist()}
+    for key in list(set(list(pos))):  # built from the list, in top-k order, as the official code does
+        order = [i for i in torch.argsort(hv @ pos[key], stable=True).tolist() if i not in taken]
         taken.update(order[:per])
     assert sorted(taken) == kept
 
