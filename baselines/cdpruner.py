@@ -147,9 +147,11 @@ class CDPruner(PreLLM):
     name: ClassVar[str] = "cdpruner"
     description: ClassVar[str] = "DPP over projected visual tokens, conditioned on instruction relevance"
     reference: ClassVar[dict[str, str]] = {
-        "repository": 'Theia-4869/CDPruner', "commit": '9541616c40fcd5625de1cdb8ea6c33c129eb7864', "file": 'llava/model/llava_arch.py',
-        "rule": 'LlavaMetaForCausalLM.encode_images',
-    }  # fmt: skip
+        "repository": "Theia-4869/CDPruner",
+        "commit": "9541616c40fcd5625de1cdb8ea6c33c129eb7864",
+        "file": "llava/model/llava_arch.py",
+        "rule": "LlavaMetaForCausalLM.encode_images",
+    }
     Params: ClassVar[type[BaseModel]] = Params
 
     def clip_folder(self, bb: Any) -> str | None:

@@ -212,9 +212,11 @@ class DART(Method):
     stage: ClassVar = "in-llm"
     description: ClassVar[str] = "keep the visual tokens least similar to key-norm pivots (duplication-aware)"
     reference: ClassVar[dict[str, str]] = {
-        "repository": 'xqy1111111/DART', "commit": '0247657060a42dd329d6f273455bfad05d5b2c74', "file": 'llava/model/language_model/modeling_llama_self.py',
-        "rule": 'get_retained_image_token',
-    }  # fmt: skip
+        "repository": "xqy1111111/DART",
+        "commit": "0247657060a42dd329d6f273455bfad05d5b2c74",
+        "file": "llava/model/language_model/modeling_llama_self.py",
+        "rule": "get_retained_image_token",
+    }
     Params: ClassVar[type[BaseModel]] = Params
 
     def validate_for(self, backbone: Any) -> None:

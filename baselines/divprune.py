@@ -21,9 +21,11 @@ class DivPrune(PreLLM):
     name: ClassVar[str] = "divprune"
     description: ClassVar[str] = "greedy max-min diversity of projected visual tokens"
     reference: ClassVar[dict[str, str]] = {
-        "repository": 'vbdi/divprune', "commit": '799e2d950aa01ba7860907f5a6d86061f885dca6', "file": 'LLaVA/llava/model/llava_arch.py',
-        "rule": 'DivPrune',
-    }  # fmt: skip
+        "repository": "vbdi/divprune",
+        "commit": "799e2d950aa01ba7860907f5a6d86061f885dca6",
+        "file": "LLaVA/llava/model/llava_arch.py",
+        "rule": "DivPrune",
+    }
 
     def reduce_one(self, bb, batch, i, k):
         x = visual_embeds(batch, i)

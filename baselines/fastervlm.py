@@ -17,9 +17,11 @@ class FasterVLM(PreLLM):
     name: ClassVar[str] = "fastervlm"
     description: ClassVar[str] = "keep the top-k patches by CLIP [CLS] attention (layer -2)"
     reference: ClassVar[dict[str, str]] = {
-        "repository": 'Theia-4869/FasterVLM', "commit": '29ed074a98262c50a0b86a34f59ea485695c99e3', "file": 'llava/model/llava_arch.py',
-        "rule": 'encode_images',
-    }  # fmt: skip
+        "repository": "Theia-4869/FasterVLM",
+        "commit": "29ed074a98262c50a0b86a34f59ea485695c99e3",
+        "file": "llava/model/llava_arch.py",
+        "rule": "encode_images",
+    }
 
     def reduce_one(self, bb, batch, i, k):
         attn, _, macs = cls_attention(bb, clip_state(batch, i, self.name))

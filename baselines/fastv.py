@@ -46,9 +46,11 @@ class FastV(Method):
     stage: ClassVar = "in-llm"
     description: ClassVar[str] = "drop visual tokens after layer K-1 by the last token's attention"
     reference: ClassVar[dict[str, str]] = {
-        "repository": 'pkunlp-icler/FastV', "commit": 'd1659729b5bf1be225e99ee15783deeea80f63b1', "file": 'src/transformers/src/transformers/models/llama/modeling_llama.py',
-        "rule": 'LlamaModel.forward, FASTV_INPLACE branch at AGG_LAYER',
-    }  # fmt: skip
+        "repository": "pkunlp-icler/FastV",
+        "commit": "d1659729b5bf1be225e99ee15783deeea80f63b1",
+        "file": "src/transformers/src/transformers/models/llama/modeling_llama.py",
+        "rule": "LlamaModel.forward, FASTV_INPLACE branch at AGG_LAYER",
+    }
     Params: ClassVar[type[BaseModel]] = Params
 
     def budget(self) -> float:

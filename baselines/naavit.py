@@ -20,9 +20,11 @@ class NAAViT(Method):
     stage: ClassVar = "structural"
     description: ClassVar[str] = "visual tokens never queried, FFN kept (no attention among visual tokens)"
     reference: ClassVar[dict[str, str]] = {
-        "repository": 'icip-cas/SAISA', "commit": '53a3670', "file": 'llava_llama.py',
+        "repository": "icip-cas/SAISA",
+        "commit": "53a3670",
+        "file": "llava_llama.py",
         "rule": "NAAViT: SAISA's attention block without its projectors",
-    }  # fmt: skip
+    }
 
     def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
         return dc_replace(plan, layers=tuple(replace(lp, visual_query=False) for lp in plan.layers))

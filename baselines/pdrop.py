@@ -39,9 +39,11 @@ class PDrop(Method):
         "multi-stage drop before rank layers by the last instruction token's attention"
     )
     reference: ClassVar[dict[str, str]] = {
-        "repository": 'Cooperx521/PyramidDrop', "commit": '6444f304aee4b7edcb022839fb9e8cd07859704a', "file": 'llava/model/modeling_llama_pdrop.py',
-        "rule": 'pdrop_forward, pdrop_rank_drop',
-    }  # fmt: skip
+        "repository": "Cooperx521/PyramidDrop",
+        "commit": "6444f304aee4b7edcb022839fb9e8cd07859704a",
+        "file": "llava/model/modeling_llama_pdrop.py",
+        "rule": "pdrop_forward, pdrop_rank_drop",
+    }
     Params: ClassVar[type[BaseModel]] = Params
 
     def schedule(self, num_layers: int) -> tuple[list[int], float]:

@@ -71,9 +71,11 @@ class PruMergePlus(PreLLM):
         "CLIP-attention outliers + spatial samples, merged with their neighbours (fixed k)"
     )
     reference: ClassVar[dict[str, str]] = {
-        "repository": '42Shawn/LLaVA-PruMerge', "commit": '1ca8b2baa21b3614a8f1672c781b15af573f5b13', "file": 'llava/model/multimodal_encoder/clip_encoder.py',
-        "rule": 'token_prune_merge_advanced_plus',
-    }  # fmt: skip
+        "repository": "42Shawn/LLaVA-PruMerge",
+        "commit": "1ca8b2baa21b3614a8f1672c781b15af573f5b13",
+        "file": "llava/model/multimodal_encoder/clip_encoder.py",
+        "rule": "token_prune_merge_advanced_plus",
+    }
     host_reads: ClassVar[int] = 1  # the kept count, only when the grid is smaller than k-1
 
     def reduce(self, bb, batch):

@@ -53,9 +53,11 @@ class RandomDrop(Method):
     stage: ClassVar = "in-llm"
     description: ClassVar[str] = "keep a seeded random subset of visual tokens (control)"
     reference: ClassVar[dict[str, str]] = {
-        "repository": 'seebench', "commit": '', "file": 'baselines/random_drop.py',
+        "repository": "seebench",
+        "commit": "",
+        "file": "baselines/random_drop.py",
         "rule": "seebench's own control (no official code)",
-    }  # fmt: skip
+    }
     Params: ClassVar[type[BaseModel]] = Params
 
     def validate_for(self, backbone: Any) -> None:

@@ -92,9 +92,11 @@ class ShortV(Method):
         "visual tokens K/V-only (no query, no FFN) in the N lowest-contribution layers"
     )
     reference: ClassVar[dict[str, str]] = {
-        "repository": 'icip-cas/ShortV', "commit": '737c28c', "file": '',
-        "rule": 'ShortvDecoderLayer',
-    }  # fmt: skip
+        "repository": "icip-cas/ShortV",
+        "commit": "737c28c",
+        "file": "",
+        "rule": "ShortvDecoderLayer",
+    }
     Params: ClassVar[type[BaseModel]] = Params
 
     def ordered_layers(self, backbone: Any) -> list[int]:

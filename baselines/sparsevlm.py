@@ -168,9 +168,11 @@ class SparseVLM(Method):
         "text-rater attention prunes visual tokens after layers 2/6/15; deleted tokens recycled (v1.0)"
     )
     reference: ClassVar[dict[str, str]] = {
-        "repository": 'Gumpest/SparseVLMs', "commit": '26a5f48813c46cd1c7364160354e7fdd3febaa67', "file": 'llava/model/language_model/sparse_llama/modelling_sparse_llama.py; score.py; utils.py',
-        "rule": 'LlamaModel.forward, attn_postprocess_topk, cluster_and_merge (v1.0, main)',
-    }  # fmt: skip
+        "repository": "Gumpest/SparseVLMs",
+        "commit": "26a5f48813c46cd1c7364160354e7fdd3febaa67",
+        "file": "llava/model/language_model/sparse_llama/modelling_sparse_llama.py; score.py; utils.py",
+        "rule": "LlamaModel.forward, attn_postprocess_topk, cluster_and_merge (v1.0, main)",
+    }
     Params: ClassVar[type[BaseModel]] = Params
 
     def schedule(self, num_layers: int) -> tuple[list[int], list[int]]:

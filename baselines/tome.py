@@ -85,9 +85,11 @@ class ToMe(PreLLM):
     name: ClassVar[str] = "tome"
     description: ClassVar[str] = "token merging (bipartite soft matching) inside the CLIP ViT layers"
     reference: ClassVar[dict[str, str]] = {
-        "repository": 'facebookresearch/ToMe', "commit": 'af95e4b1befa172dadccd8c81e223b10090f9579', "file": 'tome/merge.py',
-        "rule": 'bipartite_soft_matching, merge_wavg',
-    }  # fmt: skip
+        "repository": "facebookresearch/ToMe",
+        "commit": "af95e4b1befa172dadccd8c81e223b10090f9579",
+        "file": "tome/merge.py",
+        "rule": "bipartite_soft_matching, merge_wavg",
+    }
     in_tower: ClassVar[bool] = True  # runs inside the backbone's tower forward (``run_tower``)
 
     def run_tower(self, bb, h: torch.Tensor, layers) -> list[tuple[torch.Tensor, torch.Tensor, float]]:

@@ -31,9 +31,11 @@ class VisionZip(PreLLM):
     name: ClassVar[str] = "visionzip"
     description: ClassVar[str] = "dominant tokens by CLIP [CLS] attention + merged contextual tokens"
     reference: ClassVar[dict[str, str]] = {
-        "repository": 'dvlab-research/VisionZip', "commit": '3151f6df4fca36a4cd1c985e5956e725b1f9ad02', "file": 'visionzip/clip_encoder.py',
-        "rule": 'CLIPVisionTower_VisionZip.forward',
-    }  # fmt: skip
+        "repository": "dvlab-research/VisionZip",
+        "commit": "3151f6df4fca36a4cd1c985e5956e725b1f9ad02",
+        "file": "visionzip/clip_encoder.py",
+        "rule": "CLIPVisionTower_VisionZip.forward",
+    }
 
     def reduce_one(self, bb, batch, i, k):
         state = clip_state(batch, i, self.name)

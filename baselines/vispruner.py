@@ -37,9 +37,11 @@ class VisPruner(PreLLM):
         "important patches by CLIP [CLS] attention + diverse patches by de-duplication"
     )
     reference: ClassVar[dict[str, str]] = {
-        "repository": 'Theia-4869/VisPruner', "commit": 'aefa01adc7c7ce6334e880c88225e90cede760d1', "file": 'llava/model/llava_arch.py',
-        "rule": 'encode_images',
-    }  # fmt: skip
+        "repository": "Theia-4869/VisPruner",
+        "commit": "aefa01adc7c7ce6334e880c88225e90cede760d1",
+        "file": "llava/model/llava_arch.py",
+        "rule": "encode_images",
+    }
     Params: ClassVar[type[BaseModel]] = Params
 
     def reduce_one(self, bb, batch, i, k):

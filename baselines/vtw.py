@@ -26,9 +26,11 @@ class VTW(Method):
     stage: ClassVar = "in-llm"
     description: ClassVar[str] = "withdraw all visual tokens from layer K on"
     reference: ClassVar[dict[str, str]] = {
-        "repository": 'unknown (paper: arXiv 2405.05803)', "commit": '', "file": '',
+        "repository": "unknown (paper: arXiv 2405.05803)",
+        "commit": "",
+        "file": "",
         "rule": "the paper's rule: visual tokens withdrawn from layer K on",
-    }  # fmt: skip
+    }
     Params: ClassVar[type[BaseModel]] = Params
 
     def validate_for(self, backbone: Any) -> None:

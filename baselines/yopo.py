@@ -44,9 +44,11 @@ class YOPO(Method):
         "window visual attention, pruned visual heads, m/r visual FFN, cut (reference)"
     )
     reference: ClassVar[dict[str, str]] = {
-        "repository": 'ZhangAIPI/YOPO_MLLM_Pruning', "commit": 'f0783f4', "file": 'modeling_llama_prune.py',
-        "rule": 'YOPO pruned decoder',
-    }  # fmt: skip
+        "repository": "ZhangAIPI/YOPO_MLLM_Pruning",
+        "commit": "f0783f4",
+        "file": "modeling_llama_prune.py",
+        "rule": "YOPO pruned decoder",
+    }
     Params: ClassVar[type[BaseModel]] = Params
     head_mode: ClassVar[str] = "zero_values"
 
@@ -107,9 +109,11 @@ class YOPOTextOnly(YOPO):
         "YOPO as stated: pruned heads see no visual keys; no visual tokens after the cut"
     )
     reference: ClassVar[dict[str, str]] = {
-        "repository": 'ZhangAIPI/YOPO_MLLM_Pruning', "commit": 'f0783f4', "file": 'modeling_llama_prune.py',
-        "rule": 'YOPO pruned decoder',
-    }  # fmt: skip
+        "repository": "ZhangAIPI/YOPO_MLLM_Pruning",
+        "commit": "f0783f4",
+        "file": "modeling_llama_prune.py",
+        "rule": "YOPO pruned decoder",
+    }
     head_mode: ClassVar[str] = "drop_keys"
 
     def after_cut(self, width: int) -> LayerPlan:

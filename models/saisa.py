@@ -92,9 +92,11 @@ class SAISA(Method):
         "per-layer projectors of raw vision features; visual tokens K/V-only, no FFN (needs SAISA weights)"
     )
     reference: ClassVar[dict[str, str]] = {
-        "repository": 'icip-cas/SAISA', "commit": '53a3670', "file": 'llava_llama.py, llava_arch.py',
-        "rule": 'SAISA attention block',
-    }  # fmt: skip
+        "repository": "icip-cas/SAISA",
+        "commit": "53a3670",
+        "file": "llava_llama.py, llava_arch.py",
+        "rule": "SAISA attention block",
+    }
     needs_weights: ClassVar[bool] = True
 
     def validate_for(self, backbone: Any) -> None:

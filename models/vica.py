@@ -47,9 +47,11 @@ class ViCA(Method):
         "visual tokens never updated; text reads them only in T2V layers (needs ViCA weights)"
     )
     reference: ClassVar[dict[str, str]] = {
-        "repository": 'EIT-NLP/ViCA', "commit": '1ca09b9', "file": '',
-        "rule": 'ViCA decoder layers',
-    }  # fmt: skip
+        "repository": "EIT-NLP/ViCA",
+        "commit": "1ca09b9",
+        "file": "",
+        "rule": "ViCA decoder layers",
+    }
     needs_weights: ClassVar[bool] = True
     Params: ClassVar[type[BaseModel]] = Params
 

@@ -79,6 +79,23 @@ def test_report_outputs_from_records_only(tmp_path):
     md = (out / "leaderboard.md").read_text()
     assert "**" in md and "retention" in md
     assert "\\textbf{" in (out / "leaderboard.tex").read_text()
+    assert "## Notes" not in md
+
+
+def test_notes_beside_the_records_join_the_leaderboard(tmp_path):
+    from harness.cli import main
+
+    records = _write(tmp_path)
+    (records / "NOTES.md").write_text("fastv is <low> here.\n\nSecond paragraph.")
+    out = tmp_path / "report"
+    assert main(["report", str(records), "--out", str(out)]) == 0
+    assert (
+        (out / "leaderboard.md")
+        .read_text()
+        .endswith("## Notes\n\nfastv is <low> here.\n\nSecond paragraph.\n")
+    )
+    page = (out / "index.html").read_text()
+    assert "<h2>Notes</h2><p>fastv is &lt;low&gt; here.</p><p>Second paragraph.</p>" in page
 
 
 def test_html_renders_in_headless_chromium(tmp_path):

@@ -34,6 +34,17 @@ img { max-width: 640px; margin: 1em 1em 0 0; }
 """
 
 
+#: free-text notes beside the records (markdown paragraphs), appended to the leaderboard
+NOTES = "NOTES.md"
+
+
+def _notes_html(notes: str) -> str:
+    if not notes:
+        return ""
+    paras = "".join(f"<p>{html.escape(p.strip())}</p>" for p in notes.split("\n\n") if p.strip())
+    return f"<h2>Notes</h2>{paras}"
+
+
 def build_report(records_dir: Path, out: Path) -> dict[str, Path]:
     recs = load_dir(records_dir)
     if not recs:
@@ -44,16 +55,18 @@ def build_report(records_dir: Path, out: Path) -> dict[str, Path]:
         )
     out.mkdir(parents=True, exist_ok=True)
     df = with_paper(leaderboard(recs), recs)
+    notes_file = records_dir / NOTES
+    notes = notes_file.read_text().strip() if notes_file.is_file() else ""
     paths = {}
     paths["csv"] = out / "leaderboard.csv"
     df.to_csv(paths["csv"], index=False)
     paths["md"] = out / "leaderboard.md"
-    paths["md"].write_text(_markdown(df))
+    paths["md"].write_text(_markdown(df) + (f"\n## Notes\n\n{notes}\n" if notes else ""))
     paths["tex"] = out / "leaderboard.tex"
     paths["tex"].write_text(formatted(df, "latex").to_latex(index=False, escape=False))
     charts = all_charts(df, recs, out)
     paths["html"] = out / "index.html"
-    paths["html"].write_text(_html(df, charts, len(recs)))
+    paths["html"].write_text(_html(df, charts, len(recs), notes))
     return paths
 
 
@@ -66,7 +79,7 @@ def _markdown(df) -> str:
     )
 
 
-def _html(df, charts: list[Path], n_records: int) -> str:
+def _html(df, charts: list[Path], n_records: int, notes: str = "") -> str:
     table = formatted(df, "html").to_html(index=False, escape=False, classes="board", border=0)
     imgs = "".join(
         f'<img alt="{html.escape(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
@@ -78,5 +91,5 @@ def _html(df, charts: list[Path], n_records: int) -> str:
 <p>{n_records} records. Click a column header to sort. Bold: best, underlined: second best (per backbone).
 Retention: accuracy relative to the dense baseline of the same run, with a 95% paired bootstrap interval.</p>
 {table}
-<h2>Charts</h2>{imgs}
+{_notes_html(notes)}<h2>Charts</h2>{imgs}
 <script>{SORT_JS}</script></body></html>"""
