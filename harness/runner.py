@@ -126,6 +126,7 @@ def _run_cell(cell: Cell, fp: str, backbones: _Backbones, env: dict[str, Any]) -
         torch.manual_seed(cell.scenario.seed)
         metrics, details = SCENARIOS[cell.scenario.kind].run(CellContext(bb, stack, cell))
         details = {**details, "threads": torch.get_num_threads()}
+        base["params"] = stack.params()  # as run: a method may resolve a default on the backbone
         return records.Record(
             **base, metrics=metrics, details=details, backbone_info=bb.describe(),
             duration_s=time.perf_counter() - start,
