@@ -113,8 +113,8 @@ class ToMe(PreLLM):
 
     def reduce(self, bb, batch):
         done = batch.extras.get("tower")
-        if done is not None:  # merged inside the tower forward (``encode(..., tower=)``)
-            return [ReducedVisual(*done[i]) for i in range(batch.batch_size)]
+        if done is not None and all(d is not None for d in done):  # merged inside the tower forward
+            return [ReducedVisual(*d) for d in done]
         return super().reduce(bb, batch)
 
     def overhead_macs(self, bb, batch):

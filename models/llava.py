@@ -91,7 +91,7 @@ class LlavaBackbone(Backbone):
             coords=[_grid(n)] * len(merged),
             vision_layers_run=w,
             vision_layers_total=total,
-            extras={"tower": reduced, "tower_macs": [m for _, _, m in merged], "slots": n},
+            extras={"tower": reduced, "tower_macs": [m for _, _, m in merged]},
         )
 
     def vision(self, inputs: dict[str, Any], tower: Any = None) -> VisionOutput:

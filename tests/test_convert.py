@@ -8,6 +8,7 @@ import torch
 
 from harness.models.backbone import collate, load_backbone
 from harness.models.convert import ConvertError, convert_llava_original
+from harness.models.random_models import randomize_norms
 from harness.models.verify import verify_dense, verify_plan
 
 H, LAYERS, VOCAB, DV = 32, 3, 40, 24
@@ -22,7 +23,7 @@ def _fabricate(tmp_path, saisa: bool):
     clip_dir = tmp_path / "clip"
     vt = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
         hidden_size=DV, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2, image_size=56, patch_size=14))  # fmt: skip
-    vt.save_pretrained(clip_dir)
+    randomize_norms(vt).save_pretrained(clip_dir)  # norm weights and biases drawn at random
     from transformers.models.clip import CLIPImageProcessorPil
 
     CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}).save_pretrained(
@@ -31,7 +32,7 @@ def _fabricate(tmp_path, saisa: bool):
     llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
         hidden_size=H, intermediate_size=64, num_hidden_layers=LAYERS, num_attention_heads=4, vocab_size=VOCAB,
         initializer_range=0.1))  # fmt: skip
-    state = {k: v.contiguous() for k, v in llama.state_dict().items()}
+    state = {k: v.contiguous() for k, v in randomize_norms(llama).state_dict().items()}
     state["model.mm_projector.0.weight"] = torch.randn(H, DV) * 0.1
     state["model.mm_projector.0.bias"] = torch.zeros(H)
     state["model.mm_projector.2.weight"] = torch.randn(H, H) * 0.1

@@ -14,6 +14,7 @@ from harness.baselines.registry import build_stack
 from harness.cli import main
 from harness.models.backbone import load_backbone
 from harness.models.executor import Executor
+from harness.models.random_models import randomize_norms
 from harness.models.saisa import SaisaBackbone, make_projectors, save_projectors
 from harness.models.tiny import shapes
 from harness.models.tiny import tokenizer as tk
@@ -24,7 +25,7 @@ from harness.models.tiny.model import TinyConfig, build_model
 def _checkpoint(tmp_path, arch: str):
     """A random-init tiny model saved the way train_tiny saves a checkpoint of ``arch``."""
     cfg = TinyConfig()
-    model = build_model(cfg, seed=3)
+    model = randomize_norms(build_model(cfg, seed=3))  # norms drawn at random: a misplaced one shows
     out = tmp_path / arch
     model.save_pretrained(out)
     tk.save_processor(out)
