@@ -38,14 +38,22 @@ def open_backbone(model: str, dtype: str = "float32", device: str = "cpu") -> Ba
                     + ", ".join(f"synthetic:{g}" for g in GEOMETRIES)
                 )
             size = {"L": 8, "h": 1024}
-            for o in opts:  # synthetic:llava-1.5:L4:h256 -> 4 layers, width 256
+            arch = "llava"
+            for o in opts:  # synthetic:llava-1.5:L4:h256 -> 4 layers, width 256; ':saisa' adds projectors
+                if o == "saisa":
+                    arch = "saisa"
+                    continue
                 if o[:1] not in size or not o[1:].isdigit():
                     raise BackboneError(
-                        f"bad synthetic option '{o}' in '{model}': use L<layers> and h<width>"
+                        f"bad synthetic option '{o}' in '{model}': use L<layers>, h<width> and saisa"
                     )
                 size[o[0]] = int(o[1:])
             return synthetic_backbone(
-                geometry, layers=size["L"], hidden=size["h"], heads=max(1, size["h"] // 128)
+                geometry,
+                layers=size["L"],
+                hidden=size["h"],
+                heads=max(1, size["h"] // 128),
+                architecture=arch,
             )
         if model.startswith("random:"):
             family = model.split(":", 1)[1]

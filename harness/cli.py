@@ -144,7 +144,7 @@ def _print_plan(suite, shard) -> int:
     print(tabulate(rows, headers=["#", "backbone", "method", "task", "scenario", "needs", "here", "reason",
                                   "est. GPU-min"]))  # fmt: skip
     print(f"{len(cells)} cells: {runnable} can run here, {len(cells) - runnable} skipped; "
-          f"estimated {total_min / 60:.1f} GPU-hours for the accuracy cells (prefill-bound, "
+          f"estimated {total_min / 60:.1f} GPU-hours for the accuracy and latency cells (prefill-bound, "
           f"{__import__('harness.availability', fromlist=['x']).GPU_EFFECTIVE_TFLOPS:.0f} TFLOPS sustained); "
           f"planned in {time.perf_counter() - t0:.1f} s")  # fmt: skip
     return 0
@@ -336,8 +336,16 @@ def cmd_latency(args: argparse.Namespace) -> int:
     for flag, value in (("--peak-tflops", args.peak_tflops), ("--bandwidth-gbs", args.bandwidth_gbs)):
         if value is not None and not value > 0:
             raise HarnessError(f"{flag} must be > 0, got {value}")
+    if args.cuda_graphs:
+        from harness.models.cuda_graphs import GraphError, require_cuda
+
+        try:
+            require_cuda(batch.embeds.device)
+        except GraphError as exc:
+            raise HarnessError(str(exc)) from None
     res = measure(bb, batch, plan, mode=args.mode, timing=timing, decode_tokens=args.decode_tokens,
                   include_dense=not args.no_dense, include_reference=not args.no_reference,
+                  cuda_graphs=args.cuda_graphs,
                   peak_tflops=args.peak_tflops, bandwidth_gbs=args.bandwidth_gbs)  # fmt: skip
     env = environment.capture()
     data = {
@@ -346,6 +354,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
         "device": res.details["device"], "dtype": res.details["dtype"], **res.metrics,
         "machine": env["machine"], "cpu": env["cpu"], "gpu": env["gpu"], "visual_counts": res.details["visual_counts"],
         "prompt_lengths": res.details["prompt_lengths"], "prefill_order": res.details["prefill_order"],
+        "cuda_graphs": res.details["cuda_graphs"],
+        **({"cuda_graphs_fallback": res.details["cuda_graphs_fallback"]} if "cuda_graphs_fallback" in res.details else {}),
         **({"reference": res.details["reference"]} if "reference" in res.details else {}),
         **({"hardware": res.details["hardware"]} if "hardware" in res.details else {}),
     }  # fmt: skip
@@ -657,6 +667,10 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument(
         "--no-reference", action="store_true", help="skip the stock HF decoder (no executor_overhead)"
     )
+    lt.add_argument(
+        "--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+        help="time CUDA-graph replays of the executor's prefill and decode (default: on with --device cuda)",
+    )  # fmt: skip
     lt.add_argument(
         "--peak-tflops", type=float, help="peak TFLOP/s for the roofline (default: table / measured)"
     )

@@ -33,6 +33,7 @@ import torch
 
 from harness.models.backbone import Backbone, wrap
 from harness.models.batch import Batch, TokenType
+from harness.models.cuda_graphs import GraphedDecode, GraphedPrefill, GraphError, require_cuda
 from harness.models.executor import Executor
 from harness.models.plan import VisualPlan
 from harness.models.random_models import randomize_norms
@@ -284,18 +285,27 @@ def measure(
     include_reference: bool = True,
     peak_tflops: float | None = None,
     bandwidth_gbs: float | None = None,
+    cuda_graphs: bool | None = None,
 ) -> LatencyResult:
     """Time prefill and decode of ``plan``, of the dense plan and of the stock HF decoder
-    (``reference.py``) in the same run; count their ops and host reads in separate calls."""
+    (``reference.py``) in the same run; count their ops and host reads in separate calls.
+
+    ``cuda_graphs`` (default: on for a CUDA batch, off otherwise): the executor's prefill and
+    decode step are captured once and their replays timed (``models/cuda_graphs.py``); a call that
+    cannot be captured is timed eagerly and ``details["cuda_graphs_fallback"]`` says why."""
     timing = timing or TimingConfig()
     batch = make_batch if isinstance(make_batch, Batch) else make_batch()
     device = batch.embeds.device
+    graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
+    if graphs:
+        require_cuda(device)
     if device.type == "cuda":  # pragma: no cover - needs a GPU
         torch.cuda.reset_peak_memory_stats(device)
     dense = VisualPlan.dense(bb.num_layers)
     plans = {"method": plan} | ({"dense": dense} if include_dense else {})
     metrics: dict[str, float] = {}
     details: dict[str, Any] = {
+        "cuda_graphs": graphs,
         "timing": asdict(timing),
         "threads": torch.get_num_threads(),
         "device": device.type,
@@ -308,6 +318,13 @@ def measure(
         key: (lambda ex=executors[key], p=p: ex.prefill(batch, p, cache_extra=None))
         for key, p in plans.items()
     }
+    fallback: dict[str, str] = {}
+    if graphs:  # pragma: no cover - needs a GPU
+        for key, p in plans.items():
+            try:
+                calls[key] = GraphedPrefill(executors[key], batch, p, timing.warmup)
+            except GraphError as exc:
+                fallback[f"{key}_prefill"] = str(exc)
     ref = HFReference(bb, batch) if include_reference else None
     impl = attention_implementation(bb, device, batch.embeds.dtype)
     with using_attention(bb, impl):
@@ -327,7 +344,8 @@ def measure(
         for key, p in plans.items():
             ex = executors[key]
             if decode_tokens > 0:
-                out = ex.prefill(batch, p, cache_extra=timing.warmup + n_steps)
+                # room for the warm-up and timed steps (and a captured graph's own warm-up step)
+                out = ex.prefill(batch, p, cache_extra=timing.warmup + n_steps + (2 if graphs else 0))
                 kv = "kv" if key == "method" else "dense_kv"
                 metrics[f"{kv}_bytes_per_sample"] = statistics.fmean(out.cache.bytes_per_sample())
                 metrics[f"{kv}_visual_bytes_per_sample"] = statistics.fmean(
@@ -338,6 +356,11 @@ def measure(
                 def step(ex=ex, p=p, cache=out.cache, tok=tok):
                     return ex.decode_step(tok, cache, p)
 
+                if graphs:  # pragma: no cover - needs a GPU
+                    try:
+                        step = GraphedDecode(ex, out.cache, tok, p, warmup=1)
+                    except GraphError as exc:
+                        fallback[f"{key}_decode"] = str(exc)
                 dec = time_call(step, decode_cfg, device)
                 dprefix = "decode" if key == "method" else "dense_decode"
                 metrics.update(dec.summary(dprefix))
@@ -350,6 +373,8 @@ def measure(
             metrics.update(dec.summary("reference_decode"))
             metrics["reference_decode_tokens_per_s"] = batch.batch_size / dec.q(50)
         metrics.update(_counts(executors, plans, ref, batch, decode_tokens > 0))
+    if fallback:  # pragma: no cover - needs a GPU
+        details["cuda_graphs_fallback"] = fallback
     metrics["flops_prefill"] = flops["method"]
     metrics["batch_size"] = float(batch.batch_size)
     metrics["threads"] = float(torch.get_num_threads())

@@ -60,7 +60,7 @@ def cell_fingerprint(cell: Cell) -> str:
         "params": stack.params(),
         "task": cell.task,
         "task_version": task_version(cell.task),
-        "scenario": cell.scenario.model_dump(),
+        "scenario": cell.scenario.dump(),
         "mode": cell.mode,
         "versions": environment.fingerprint_versions(),
     }

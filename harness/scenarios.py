@@ -130,7 +130,13 @@ def run_latency(ctx: CellContext) -> tuple[dict[str, float], dict[str, Any]]:
     plan = ctx.stack.plan(ctx.backbone)
     timing = TimingConfig(sc.warmup, sc.min_repeats, sc.min_time_s, max(sc.min_repeats, 200))
     res = measure(
-        ctx.backbone, batch, plan, mode=ctx.cell.mode, timing=timing, decode_tokens=sc.max_new_tokens
+        ctx.backbone,
+        batch,
+        plan,
+        mode=ctx.cell.mode,
+        timing=timing,
+        decode_tokens=sc.max_new_tokens,
+        cuda_graphs=sc.cuda_graphs,
     )
     return res.metrics, res.details
 

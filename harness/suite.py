@@ -67,6 +67,14 @@ class ScenarioSpec(_Strict):
     warmup: int = Field(default=2, ge=0, description="latency: warm-up calls")
     min_repeats: int = Field(default=5, ge=1, description="latency: minimum timed calls")
     min_time_s: float = Field(default=2.0, ge=0, description="latency: minimum timed seconds")
+    cuda_graphs: bool | None = Field(
+        default=None, description="latency: time CUDA-graph replays (default: on when the device is CUDA)"
+    )
+
+    def dump(self) -> dict[str, Any]:
+        """The scenario as records and fingerprints hold it ('cuda_graphs' only when set, so the
+        fingerprints of suites without it stay as they were)."""
+        return self.model_dump(exclude=None if self.cuda_graphs is not None else {"cuda_graphs"})
 
 
 class Suite(_Strict):
@@ -137,7 +145,7 @@ class Cell:
             "backbone": self.backbone.model_dump(exclude=None if self.backbone.reference else {"reference"}),
             "method": self.method.model_dump(),
             "task": self.task,
-            "scenario": self.scenario.model_dump(),
+            "scenario": self.scenario.dump(),
             "mode": self.mode,
         }
 

@@ -127,3 +127,48 @@ def test_latency_device_cuda(capsys):
 def test_latency_table_shows_device(capsys):
     assert main([a for a in LATENCY if a != "--json"]) == 0
     assert "cpu / float32" in capsys.readouterr().out
+
+
+def test_latency_cuda_graphs_on_cuda_and_a_one_line_error_elsewhere(capsys):
+    """Graphs are on by default on CUDA (the replays are timed) and off on the CPU; asked for on a
+    CPU they are one line naming the fix."""
+    assert main([*LATENCY, "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["cuda_graphs"] is False
+    rc = main([*LATENCY, "--device", "cpu", "--cuda-graphs"])
+    out = capsys.readouterr()
+    assert rc == 2 and out.out == ""
+    assert out.err.strip() == (
+        "harness: error: CUDA graphs need a CUDA device, and this run is on 'cpu'; use --no-cuda-graphs "
+        "(eager timing) or run with --device cuda on a GPU machine"
+    )
+    if torch.cuda.is_available():
+        for method in ("dense", "vica", "fastv", "visionzip"):
+            assert main([*LATENCY, "--device", "cuda", "--dtype", "float16", "--method", method]) == 0
+            data = json.loads(capsys.readouterr().out)
+            assert data["cuda_graphs"] is True and data["decode_p50_s"] > 0, method
+
+
+def test_graph_replays_equal_eager_calls_on_cuda():
+    """A captured prefill and decode step give the eager logits (CUDA only; on a CPU, asking for
+    them is the one-line error above)."""
+    from harness.models.cuda_graphs import GraphedDecode, GraphedPrefill, GraphError
+
+    bb = build_random("llava-1.5")
+    batch = bb.encode(collate(bb, ragged_samples(bb, 2)))
+    plan = build_stack("fastv", {"fastv": PARAMS["fastv"]}).plan(bb)
+    if not torch.cuda.is_available():
+        with pytest.raises(GraphError, match="CUDA graphs need a CUDA device"):
+            GraphedPrefill(Executor(bb), batch, plan)
+        return
+    bb.to("cuda", torch.float32)
+    batch = batch.to("cuda", torch.float32)
+    ex = Executor(bb)
+    eager = ex.prefill(batch, plan, cache_extra=8)
+    graphed = GraphedPrefill(Executor(bb), batch, plan)()
+    assert torch.allclose(graphed.logits, eager.logits, atol=1e-4)
+    tok = eager.logits.argmax(-1)
+    step = GraphedDecode(ex, eager.cache, tok, plan, warmup=1)
+    want = Executor(bb).prefill(batch, plan, cache_extra=8)
+    ref = Executor(bb)
+    ref.decode_step(tok, want.cache, plan)  # the graph's warm-up step
+    assert torch.allclose(step(), ref.decode_step(tok, want.cache, plan), atol=1e-4)

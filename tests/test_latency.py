@@ -201,3 +201,14 @@ def test_hf_reference_is_the_same_model(random_backbones, family):
     for _ in range(2):
         mine = ex.decode_step(state.tokens[:, 0], out.cache)
         torch.testing.assert_close(ref.decode_step(state), mine, atol=1e-4, rtol=0)
+
+
+def test_synthetic_backbone_options_and_their_errors():
+    from harness.backbones import open_backbone
+    from harness.errors import HarnessError
+
+    bb = open_backbone("synthetic:llava-1.5:L2:h128:saisa")
+    assert bb.num_layers == 2 and bb.hidden_size == 128 and hasattr(bb, "projectors")
+    assert not hasattr(open_backbone("synthetic:llava-1.5:L2:h128"), "projectors")
+    with pytest.raises(HarnessError, match="bad synthetic option 'x3'.*use L<layers>, h<width> and saisa"):
+        open_backbone("synthetic:llava-1.5:x3")

@@ -27,6 +27,35 @@ def test_paper_plan_lists_every_cell_with_reasons():
     assert any("runs (analytic FLOPs)" in ln for ln in body)
 
 
+def test_gpu_latency_plan_on_a_cpu_machine_estimates_gpu_minutes():
+    """The GPU campaign's cells: every method at batch 1/8/32, graphs on and off, each with its
+    estimated GPU-minutes; none runs on a machine without CUDA."""
+    from harness.suite import expand, load_suite
+
+    cells = expand(load_suite("gpu_latency"))
+    assert {c.scenario.batch_size for c in cells} == {1, 8, 32}
+    assert {c.scenario.cuda_graphs for c in cells} == {True, False}
+    assert {
+        "dense",
+        "vica",
+        "shortv",
+        "yopo",
+        "saisa",
+        "fastv",
+        "pdrop",
+        "visionzip",
+        "sparsevlm",
+        "dart",
+    } == {c.method.name for c in cells}
+    out = _cli("run", "--suite", "gpu_latency", "--plan")
+    assert out.returncode == 0, out.stderr
+    body = [ln for ln in out.stdout.splitlines() if ln[:5].strip().isdigit()]
+    assert len(body) == len(cells) and all(" skipped " in ln and "GPU" in ln for ln in body)
+    minutes = [float(ln.split()[-1]) for ln in body]
+    assert all(m >= 1 for m in minutes)  # a fixed setup plus the timed calls
+    assert out.stdout.splitlines()[-1].startswith(f"{len(cells)} cells: 0 can run here")
+
+
 def test_paper_run_completes_flops_and_skips_the_rest(tmp_path):
     out = _cli("run", "--suite", "paper", "--out", str(tmp_path), "--no-progress")
     assert out.returncode == 0, out.stderr
