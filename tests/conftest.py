@@ -51,3 +51,29 @@ def tiny_prompt_text(bb, inputs):
     last = max(i for i, t in enumerate(ids) if t == image)
     tok = getattr(bb.processor, "tokenizer", bb.processor)
     return tok.decode(ids[last + 1 :], skip_special_tokens=True)
+
+
+def of_576(budget: float, n_visual: int) -> int:
+    """A budget given "of 576" on a sample with ``n_visual`` visual tokens (the same fraction),
+    restated for the tests from the budget convention."""
+    return max(1, min(n_visual, round(budget / 576 * n_visual)))
+
+
+def kept_after(bb, batch, plan, layer):
+    """Original visual indices present when ``layer`` starts, per sample (a spy selector that
+    keeps everything, placed before that layer)."""
+    from dataclasses import replace
+
+    from harness.models.executor import Executor
+    from harness.models.plan import KeepVisual
+
+    seen = {}
+
+    class Spy(KeepVisual):
+        def select(self, ctx):
+            seen["kept"] = [v[ok].tolist() for v, ok in zip(ctx.visual_index, ctx.valid, strict=True)]
+            return super().select(ctx)
+
+    spied = plan.with_layer(layer, replace(plan.layers[layer], drop_before=Spy(count=10_000)))
+    Executor(bb).prefill(batch, spied)
+    return seen["kept"]

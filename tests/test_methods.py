@@ -3,6 +3,7 @@ built from each method's definition; parameter and stack validation."""
 
 import pytest
 import torch
+from conftest import kept_after
 from method_params import CLIP_METHODS, PARAMS
 
 from harness.baselines.registry import build_stack, names
@@ -59,22 +60,6 @@ def test_fvcore_equals_analytic(random_backbones, name):
     assert cell.counted.ok
 
 
-def _kept_after(bb, batch, plan, layer):
-    """Original visual indices present when ``layer`` starts (spy selector keeping everything)."""
-    seen = {}
-
-    class Spy(KeepVisual):
-        def select(self, ctx):
-            seen["kept"] = [v[ok].tolist() for v, ok in zip(ctx.visual_index, ctx.valid, strict=True)]
-            return super().select(ctx)
-
-    from dataclasses import replace
-
-    spied = plan.with_layer(layer, replace(plan.layers[layer], drop_before=Spy(count=10_000)))
-    Executor(bb).prefill(batch, spied)
-    return seen["kept"]
-
-
 def _eager_attention(bb, sample, layer):
     from harness.models.random_models import build_random
 
@@ -89,7 +74,7 @@ def test_fastv_keeps_top_k_of_last_token_attention_at_layer_k_minus_1(random_bac
     sample = ragged_samples(bb, 1)[0]
     batch = bb.encode(sample)
     plan = build_stack("fastv", {"fastv": {"k": 2, "budget": 128}}).plan(bb)
-    kept = _kept_after(bb, batch, plan, 2)[0]
+    kept = kept_after(bb, batch, plan, 2)[0]
     attn = _eager_attention(bb, sample, 1)[-1]  # layer K-1 = 1, last prompt token, mean over heads
     vis = (batch.token_type[0] == 2).nonzero().flatten()
     k = round(128 / 576 * 36)
@@ -109,7 +94,7 @@ def test_pdrop_ranks_with_the_rank_layers_own_qk_and_renumbers(random_backbones)
     attn = _eager_attention(bb, sample, 2)[-1]
     vis = (batch.token_type[0] == 2).nonzero().flatten()
     k = min(36, int(576 * 0.5 * 36 / 576) or 1)
-    kept = _kept_after(bb, batch, plan, 3)[0]
+    kept = kept_after(bb, batch, plan, 3)[0]
     assert kept == sorted(torch.topk(attn[vis], k).indices.tolist())
     n = batch.lengths()[0]
     assert int(out.cache.layers[2].next_pos[0]) == n - (36 - k)  # renumbered: compacted length
@@ -131,7 +116,7 @@ def test_dart_keeps_pivots_and_least_similar_tokens(random_backbones):
     batch = bb.encode(ragged_samples(bb, 1)[0])
     budget = 300
     plan = build_stack("dart", {"dart": {"budget": budget}}).plan(bb)
-    kept = _kept_after(bb, batch, plan, 2)[0]
+    kept = kept_after(bb, batch, plan, 2)[0]
     b = round(budget / 576 * 36)
     assert len(kept) == 4 + 8 * (b // 8)  # official: floor(B/8) per pivot, plus the 4 visual pivots
     # independent recomputation: dense states after layer 1 and layer-1 keys
@@ -174,8 +159,8 @@ def test_random_is_seeded_per_sample(random_backbones):
     bb = random_backbones["llava-1.5"]
     batch = bb.encode(collate(bb, ragged_samples(bb, 3)))
     plan = stack("random").plan(bb)
-    together = _kept_after(bb, batch, plan, 2)
-    alone = [_kept_after(bb, batch.select([i]), plan, 2)[0] for i in range(3)]
+    together = kept_after(bb, batch, plan, 2)
+    alone = [kept_after(bb, batch.select([i]), plan, 2)[0] for i in range(3)]
     assert together == alone and together[0] != together[1]
 
 

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_inputs
+from conftest import of_576, tiny_inputs
 
 from harness.baselines.registry import build_stack
 from harness.models.backbone import collate
@@ -32,11 +32,6 @@ from harness.models.random_models import ragged_samples
 BUDGETS = (192, 128, 64)
 METHODS = ("fastervlm", "visionzip", "vispruner", "prumerge_plus", "tome")
 ATOL = 1e-5
-
-
-def kept(budget: float, n: int) -> int:
-    """Tokens kept for a budget "of 576" on a tower with n patches (the same fraction)."""
-    return max(1, min(n, round(budget / 576 * n)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -335,7 +330,7 @@ def test_reducer_equals_the_official_rule(models, method, model, budget):
     for s in inputs:
         cp = clip_pass(bb, s["pixel_values"])
         n = cp["feat"].shape[0] - 1
-        k = kept(budget, n)
+        k = of_576(budget, n)
         assert k < n  # a real selection
         refs.append(REFERENCES[method](bb, cp, k))
         # the rule keeps the budget (PruMerge+'s fixed-k mode: at most, when its grid is short)

@@ -33,7 +33,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_inputs
+from conftest import of_576, tiny_inputs
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
 from harness.baselines.registry import build_stack
@@ -43,12 +43,6 @@ from harness.models.plan import KeepVisual
 from harness.models.random_models import ragged_samples
 
 BUDGETS = [192, 128, 64]
-REFERENCE_VISUAL = 576
-
-
-def scaled(count, n_visual):
-    """A count given "of 576" on a model with ``n_visual`` tokens (the budget convention)."""
-    return max(1, min(n_visual, round(count / REFERENCE_VISUAL * n_visual)))
 
 
 # ---------------------------------------------------------------------------- models and inputs
@@ -168,7 +162,7 @@ def fastv_reference(ref, eager, sample, k, budget):
         attn = eager(**sample, output_attentions=True).attentions[k - 1]  # HF eager: the oracle
     row = attn.mean(1)[0][-1]
     img = row[ref.S : ref.S + ref.V]
-    return sorted(img.topk(scaled(budget, ref.V)).indices.tolist())
+    return sorted(img.topk(of_576(budget, ref.V)).indices.tolist())
 
 
 @pytest.mark.parametrize("budget", BUDGETS)
@@ -180,7 +174,7 @@ def test_fastv_matches_official(case, budget):
     for sample, (kept, _) in zip(samples, got, strict=True):
         ref = Ref(bb, sample)
         want = fastv_reference(ref, eager, sample, k, budget)
-        assert len(want) == scaled(budget, ref.V)
+        assert len(want) == of_576(budget, ref.V)
         assert kept == want
 
 
@@ -329,7 +323,7 @@ def test_sparsevlm_v1_matches_official(case, budget):
     got = executor_kept(bb, samples, plan, {li + 1: "before" for li in layers})
     for i, sample in enumerate(samples):
         ref = Ref(bb, sample)
-        counts = [scaled(c, ref.V) for c in SPARSE_LISTS[budget]]
+        counts = [of_576(c, ref.V) for c in SPARSE_LISTS[budget]]
         want = sparsevlm_reference(ref, layers, counts)
         for li in layers:
             ids, states = got[li + 1][i]
@@ -355,7 +349,7 @@ def dart_reference(ref, k, budget):
         _, keys = ref.qk(k - 1, h, pos)  # post-RoPE keys of layer K-1 [1, Hkv, n, d]
         last_layer_state = ref.norm(ref.run(k - 1, h, pos))
     k_states = keys.permute(0, 2, 1, 3).reshape(1, keys.shape[2], -1)
-    max_num_trunction = scaled(budget, V)
+    max_num_trunction = of_576(budget, V)
     token_topk = int(max_num_trunction // (4 + 4))
     img_norm = torch.norm(k_states[0][S : S + V], p=1, dim=-1)
     txt_norm = torch.norm(k_states[0][S + V :], p=1, dim=-1)
@@ -386,7 +380,7 @@ def test_dart_matches_official(case, budget):
     for i, (sample, (kept, _)) in enumerate(zip(samples, got, strict=True)):
         ref = Ref(bb, sample)
         want = dart_reference(ref, k, budget)
-        assert len(want) == 4 + 8 * (scaled(budget, ref.V) // 8)
+        assert len(want) == 4 + 8 * (of_576(budget, ref.V) // 8)
         assert kept == want, (budget, i)
 
 

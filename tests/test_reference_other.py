@@ -24,16 +24,15 @@ Sources the references restate:
 from __future__ import annotations
 
 import zlib
-from dataclasses import replace
 
 import pytest
 import torch
-from conftest import tiny_inputs
+from conftest import kept_after, of_576, tiny_inputs
 
 from harness.baselines.registry import build_stack
 from harness.models.backbone import collate
 from harness.models.executor import Executor
-from harness.models.plan import KeepVisual, VisualPlan
+from harness.models.plan import VisualPlan
 from harness.models.random_models import ragged_samples
 
 BUDGETS = (192, 128, 64)  # "of 576"
@@ -126,11 +125,6 @@ def official_random(n: int, k: int, sample_id: str, seed: int = 0) -> list[int]:
     return sorted(torch.randperm(n, generator=g)[:k].tolist())
 
 
-def kept_of_576(budget: float, n_visual: int) -> int:
-    """A budget "of 576" on a sample with ``n_visual`` visual tokens (the same fraction)."""
-    return max(1, min(n_visual, round(budget / 576 * n_visual)))
-
-
 # ----------------------------------------------------------------------------- inputs
 
 
@@ -159,20 +153,6 @@ def _text_rows(batch, i):
     return batch.embeds[i, rows]
 
 
-def _kept_after(bb, batch, plan, layer):
-    """Original visual indices present when ``layer`` starts (spy selector keeping everything)."""
-    seen = {}
-
-    class Spy(KeepVisual):
-        def select(self, ctx):
-            seen["kept"] = [v[ok].tolist() for v, ok in zip(ctx.visual_index, ctx.valid, strict=True)]
-            return super().select(ctx)
-
-    spied = plan.with_layer(layer, replace(plan.layers[layer], drop_before=Spy(count=10_000)))
-    Executor(bb).prefill(batch, spied)
-    return seen["kept"]
-
-
 def _reduce(bb, batch, name, budget):
     params = {"budget": budget}
     if name == "cdpruner":
@@ -185,7 +165,7 @@ def _check_prellm(bb, batch, name, budget, reference):
     assert len(reduced) == batch.embeds.shape[0]
     for i, red in enumerate(reduced):
         x = _visual(batch, i)
-        want = reference(i, x, kept_of_576(budget, x.shape[0]))
+        want = reference(i, x, of_576(budget, x.shape[0]))
         assert red.anchors.tolist() == want, f"sample {i}"
         torch.testing.assert_close(red.embeds, x[torch.tensor(want)], atol=ATOL, rtol=0)
 
@@ -231,9 +211,7 @@ def _official_gains(batch, budget):
     for i in range(batch.embeds.shape[0]):
         x = _visual(batch, i)
         with torch.no_grad():
-            picks, gains = official_cdpruner_picks(
-                x, _text_rows(batch, i), x, kept_of_576(budget, x.shape[0])
-            )
+            picks, gains = official_cdpruner_picks(x, _text_rows(batch, i), x, of_576(budget, x.shape[0]))
         out.append((picks, gains))
     return out
 
@@ -257,7 +235,7 @@ def test_cdpruner_past_the_kernel_rank(request, which, budget):
     bb, batch = _batch(request, which)
     reduced = _reduce(bb, batch, "cdpruner", budget)
     for i, ((picks, gains), red) in enumerate(zip(_official_gains(batch, budget), reduced, strict=True)):
-        k = kept_of_576(budget, _visual(batch, i).shape[0])
+        k = of_576(budget, _visual(batch, i).shape[0])
         # the case this test is about: some pick's gain is at the noise floor (or NaN)
         well_defined = next((t for t, g in enumerate(gains) if not g > GAIN_FLOOR * gains[0]), None)
         assert well_defined is not None
@@ -290,14 +268,14 @@ def test_random_matches_its_rule(request, which, layer, budget):
     plan = build_stack("random", {"random": {"budget": budget, "layer": layer, "seed": seed}}).plan(bb)
     counts = batch.layout.count(VISUAL)
     want = [
-        official_random(n, kept_of_576(budget, n), sid, seed)
+        official_random(n, of_576(budget, n), sid, seed)
         for n, sid in zip(counts, batch.sample_ids, strict=True)
     ]
-    assert _kept_after(bb, batch, plan, layer + 1) == want
-    assert _kept_after(bb, batch.select([1]), plan, layer + 1) == [want[1]]
+    assert kept_after(bb, batch, plan, layer + 1) == want
+    assert kept_after(bb, batch.select([1]), plan, layer + 1) == [want[1]]
     # nothing is dropped before the chosen layer
     if layer > 0:
-        assert _kept_after(bb, batch, plan, layer) == [list(range(n)) for n in counts]
+        assert kept_after(bb, batch, plan, layer) == [list(range(n)) for n in counts]
     # positions (README 2.3): renumbered when dropped before layer 0, kept in-LLM; Qwen2-VL keeps its
     # 3-D M-RoPE ids for every method
     out = Executor(bb).prefill(batch, plan, cache_extra=1)
@@ -321,13 +299,13 @@ def test_random_is_uniform_and_seeded(llava576):
     samples = ragged_samples(bb, 2)
     batch = bb.encode(collate(bb, samples))
     n = batch.layout.count(VISUAL)[0]
-    k = kept_of_576(192, n)
+    k = of_576(192, n)
     plan = build_stack("random", {"random": {"budget": 192, "layer": 0, "seed": 3}}).plan(bb)
     hits = torch.zeros(n)
     draws = 0
     for j in range(20):
         b = bb.encode(collate(bb, samples), sample_ids=[f"q{2 * j}", f"q{2 * j + 1}"])
-        for kept in _kept_after(bb, b, plan, 1):
+        for kept in kept_after(bb, b, plan, 1):
             assert len(set(kept)) == k == len(kept)
             hits[kept] += 1
             draws += 1
@@ -337,7 +315,7 @@ def test_random_is_uniform_and_seeded(llava576):
     assert hits.max().item() <= mean + 6 * sd and hits.min().item() >= 1  # P(never kept) ~ 1e-7
     assert abs(hits[: n // 2].sum().item() / (draws * k) - 0.5) < 0.05  # no bias toward either half
     other = build_stack("random", {"random": {"budget": 192, "layer": 0, "seed": 4}}).plan(bb)
-    assert _kept_after(bb, batch, plan, 1) != _kept_after(bb, batch, other, 1)
+    assert kept_after(bb, batch, plan, 1) != kept_after(bb, batch, other, 1)
 
 
 # ----------------------------------------------------------------------------- VTW
