@@ -336,13 +336,6 @@ def cmd_latency(args: argparse.Namespace) -> int:
     for flag, value in (("--peak-tflops", args.peak_tflops), ("--bandwidth-gbs", args.bandwidth_gbs)):
         if value is not None and not value > 0:
             raise HarnessError(f"{flag} must be > 0, got {value}")
-    if args.cuda_graphs:
-        from harness.models.cuda_graphs import GraphError, require_cuda
-
-        try:
-            require_cuda(batch.embeds.device)
-        except GraphError as exc:
-            raise HarnessError(str(exc)) from None
     res = measure(bb, batch, plan, mode=args.mode, timing=timing, decode_tokens=args.decode_tokens,
                   include_dense=not args.no_dense, include_reference=not args.no_reference,
                   cuda_graphs=args.cuda_graphs,
@@ -779,11 +772,12 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # MethodError / PlanError / BackboneError: one line naming the problem
+    except ValueError as exc:  # MethodError / PlanError / GraphError: one line naming the problem
+        from harness.models.cuda_graphs import GraphError
         from harness.models.method import MethodError
         from harness.models.plan import PlanError
 
-        if not isinstance(exc, MethodError | PlanError):
+        if not isinstance(exc, MethodError | PlanError | GraphError):
             raise
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2

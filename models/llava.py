@@ -42,10 +42,7 @@ class LlavaBackbone(Backbone):
             return feats, n, n
         total = len(enc_layers)
         wanted = [i if i >= 0 else total + 1 + i for i in layers]  # index into hidden_states
-        h = vt.embeddings(pixel_values)
-        pre = getattr(vt, "pre_layrnorm", None)
-        if pre is not None:
-            h = pre(h)
+        h = _tower_input(vt, pixel_values)
         states = {0: h}
         for i in range(max(wanted)):
             h = enc_layers[i](h, None)
@@ -78,10 +75,7 @@ class LlavaBackbone(Backbone):
             raise ValueError("a tower that merges needs a CLIP encoder read at one feature layer")
         total = len(enc_layers)
         w = layers[0] if layers[0] >= 0 else total + 1 + layers[0]
-        h = vt.embeddings(pixel_values.to(self.dtype))
-        pre = getattr(vt, "pre_layrnorm", None)
-        if pre is not None:
-            h = pre(h)
+        h = _tower_input(vt, pixel_values.to(self.dtype))
         merged = tower.run_tower(self, h, enc_layers[:w])
         reduced = [(self.project(x), anchors) for x, anchors, _ in merged]  # (embeds, anchors)
         n = int(h.shape[1]) - (1 if self.config.vision_feature_select_strategy == "default" else 0)
@@ -261,6 +255,13 @@ class LlavaNextBackbone(LlavaBackbone):
         hi_coords[c == width - 1] = -1
         out[g * g :] = hi_coords
         return out
+
+
+def _tower_input(vt: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The CLIP encoder's layer-0 input: patch (and CLS, position) embeddings, pre-layernorm."""
+    h = vt.embeddings(pixel_values)
+    pre = getattr(vt, "pre_layrnorm", None)
+    return pre(h) if pre is not None else h
 
 
 def _grid(n: int) -> torch.Tensor:
