@@ -14,7 +14,9 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip
 extras=""
 [ "${1:-}" = "test" ] && extras="[test]"
-"$PY" -m pip install -q -c constraints.txt -e ".${extras}"
+# strict: a tree of links under build/, so editors and type checkers follow harness.models.* and
+# harness.baselines.*; a file added under models/ or baselines/ needs ./install.sh again
+"$PY" -m pip install -q -c constraints.txt -e ".${extras}" --config-settings editable_mode=strict
 "$PY" -m pip install -q -c constraints.txt -r requirements-lmms.txt
 "$PY" -m pip install -q -c constraints.txt --no-deps "lmms-eval==0.7.3"
 # no broken torchvision may stay behind (a GPU user's matching CUDA torchvision is left alone)
