@@ -38,7 +38,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from harness.models.method import MethodError
 from harness.models.plan import ReducedVisual
@@ -50,18 +50,6 @@ EPS = 1e-6
 TEXT = 3  # TokenType.TEXT
 CHUNK = 77  # CLIP's text context
 FLOOR = -3e38  # lowest gain an unpicked token keeps (dpp_greedy)
-
-
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    budget: float = Field(128, gt=0, description="visual tokens fed to the LLM, of 576")
-    relevance: Literal["auto", "clip", "llm"] = Field(
-        "auto", description="instruction relevance: CLIP space (the released code's), LLM input space "
-        "(fallback), or auto (clip when a CLIP checkpoint is found)"
-    )  # fmt: skip
-    clip: str | None = Field(
-        None, description="local CLIP checkpoint with its text tower (default: DIR/clip)"
-    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -152,11 +140,18 @@ class CDPruner(PreLLM):
         "file": "llava/model/llava_arch.py",
         "rule": "LlavaMetaForCausalLM.encode_images",
     }
-    Params: ClassVar[type[BaseModel]] = Params
+    budget: float = Field(128, gt=0, description="visual tokens fed to the LLM, of 576")
+    relevance: Literal["auto", "clip", "llm"] = Field(
+        "auto", description="instruction relevance: CLIP space (the released code's), LLM input space "
+        "(fallback), or auto (clip when a CLIP checkpoint is found)"
+    )  # fmt: skip
+    clip: str | None = Field(
+        None, description="local CLIP checkpoint with its text tower (default: DIR/clip)"
+    )
 
     def clip_folder(self, bb: Any) -> str | None:
         """The CLIP checkpoint relevance reads, or None for the LLM-space fallback."""
-        p = self.params
+        p = self
         if p.relevance == "llm":
             return None
         if p.clip is not None:
@@ -177,9 +172,7 @@ class CDPruner(PreLLM):
     def validate_for(self, bb: Any) -> None:
         """Resolves ``auto`` to the source used, so the record's params say which it was."""
         folder = self.clip_folder(bb)
-        self.params = self.params.model_copy(
-            update={"relevance": "clip" if folder else "llm", "clip": folder}
-        )
+        self.relevance, self.clip = ("clip" if folder else "llm"), folder
         if folder is not None and bb.family != "llava":
             raise MethodError(
                 "method 'cdpruner': CLIP-space relevance needs a LLaVA-1.5 backbone with a CLIP tower"

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from harness.models.method import Method, MethodError
 from harness.models.plan import VisualPlan
@@ -195,18 +195,6 @@ class DuplicationPivots:
         return slots_of(taken & ctx.valid, ctx.k)
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    k: int = Field(2, ge=1, description="first layer that runs on the kept tokens")
-    budget: float = Field(
-        128, gt=0, description="B of 576: keeps 4 + 8 x floor(B/8) visual tokens from layer K on"
-    )
-    image_token_start_index: int | None = Field(
-        None, ge=0, description="first image position the official pivot order is keyed by "
-        "(default: each sample's own; the official code fixes 35, LLaVA-1.5 with vicuna_v1)"
-    )  # fmt: skip
-
-
 class DART(Method):
     name: ClassVar[str] = "dart"
     stage: ClassVar = "in-llm"
@@ -217,13 +205,20 @@ class DART(Method):
         "file": "llava/model/language_model/modeling_llama_self.py",
         "rule": "get_retained_image_token",
     }
-    Params: ClassVar[type[BaseModel]] = Params
+    k: int = Field(2, ge=1, description="first layer that runs on the kept tokens")
+    budget: float = Field(
+        128, gt=0, description="B of 576: keeps 4 + 8 x floor(B/8) visual tokens from layer K on"
+    )
+    image_token_start_index: int | None = Field(
+        None, ge=0, description="first image position the official pivot order is keyed by "
+        "(default: each sample's own; the official code fixes 35, LLaVA-1.5 with vicuna_v1)"
+    )  # fmt: skip
 
     def validate_for(self, backbone: Any) -> None:
-        if self.params.k >= backbone.num_layers:
-            raise MethodError(f"method 'dart': k={self.params.k} must be < the {backbone.num_layers} layers")
+        if self.k >= backbone.num_layers:
+            raise MethodError(f"method 'dart': k={self.k} must be < the {backbone.num_layers} layers")
 
     def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
-        li = self.params.k - 1
-        sel = DuplicationPivots(self.params.budget, self.params.image_token_start_index)
+        li = self.k - 1
+        sel = DuplicationPivots(self.budget, self.image_token_start_index)
         return plan.with_layer(li, replace(plan.layers[li], drop_after=sel))

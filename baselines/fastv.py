@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from harness.models.method import Method, MethodError
 from harness.models.plan import VisualPlan
@@ -34,13 +34,6 @@ class TopKAttention:
         return top_k_slots(ctx.scores, ctx.k)
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    k: int = Field(2, ge=1, description="first layer that runs on the kept tokens (scores from layer K-1)")
-    budget: float | None = Field(None, gt=0, description="visual tokens kept, of 576 (default: ratio)")
-    ratio: float = Field(0.5, gt=0, lt=1, description="drop ratio R when no budget is given")
-
-
 class FastV(Method):
     name: ClassVar[str] = "fastv"
     stage: ClassVar = "in-llm"
@@ -51,15 +44,17 @@ class FastV(Method):
         "file": "src/transformers/src/transformers/models/llama/modeling_llama.py",
         "rule": "LlamaModel.forward, FASTV_INPLACE branch at AGG_LAYER",
     }
-    Params: ClassVar[type[BaseModel]] = Params
+    k: int = Field(2, ge=1, description="first layer that runs on the kept tokens (scores from layer K-1)")
+    budget: float | None = Field(None, gt=0, description="visual tokens kept, of 576 (default: ratio)")
+    ratio: float = Field(0.5, gt=0, lt=1, description="drop ratio R when no budget is given")
 
-    def budget(self) -> float:
-        return self.params.budget if self.params.budget is not None else 576 * (1 - self.params.ratio)
+    def kept_of_576(self) -> float:
+        return self.budget if self.budget is not None else 576 * (1 - self.ratio)
 
     def validate_for(self, backbone: Any) -> None:
-        if self.params.k >= backbone.num_layers:
-            raise MethodError(f"method 'fastv': k={self.params.k} must be < the {backbone.num_layers} layers")
+        if self.k >= backbone.num_layers:
+            raise MethodError(f"method 'fastv': k={self.k} must be < the {backbone.num_layers} layers")
 
     def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
-        li = self.params.k - 1
-        return plan.with_layer(li, replace(plan.layers[li], drop_after=TopKAttention(self.budget())))
+        li = self.k - 1
+        return plan.with_layer(li, replace(plan.layers[li], drop_after=TopKAttention(self.kept_of_576())))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from harness.models.method import Method, MethodError
 from harness.models.plan import VisualPlan
@@ -21,15 +21,6 @@ from .common import scaled_layers
 from .fastv import TopKAttention
 
 SCHEDULES = {192: ([8, 16, 24], 0.25), 128: ([2, 8, 16], 0.42), 64: ([2, 8, 16], 0.195)}
-
-
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    budget: int | None = Field(
-        None, description="layer-averaged visual tokens: 192, 128 or 64 (seebench schedules)"
-    )
-    layer_list: list[int] | None = Field(None, description="rank layers (for a 32-layer decoder)")
-    lam: float | None = Field(None, gt=0, lt=1, description="keep ratio per stage")
 
 
 class PDrop(Method):
@@ -44,10 +35,14 @@ class PDrop(Method):
         "file": "llava/model/modeling_llama_pdrop.py",
         "rule": "pdrop_forward, pdrop_rank_drop",
     }
-    Params: ClassVar[type[BaseModel]] = Params
+    budget: int | None = Field(
+        None, description="layer-averaged visual tokens: 192, 128 or 64 (seebench schedules)"
+    )
+    layer_list: list[int] | None = Field(None, description="rank layers (for a 32-layer decoder)")
+    lam: float | None = Field(None, gt=0, lt=1, description="keep ratio per stage")
 
     def schedule(self, num_layers: int) -> tuple[list[int], float]:
-        p = self.params
+        p = self
         if p.budget is not None and p.budget not in SCHEDULES:
             raise MethodError(
                 f"method 'pdrop': budget {p.budget} has no schedule; use 192, 128 or 64 or give layer_list and lam"

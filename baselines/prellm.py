@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from harness.models.method import Method
 from harness.models.plan import ReducedVisual, VisualPlan
@@ -12,11 +12,6 @@ from harness.models.plan import ReducedVisual, VisualPlan
 from .common import kept_count
 
 VISUAL = 2  # TokenType.VISUAL
-
-
-class BudgetParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    budget: float = Field(128, gt=0, description="visual tokens fed to the LLM, of 576")
 
 
 class PreLLM(Method):
@@ -28,13 +23,13 @@ class PreLLM(Method):
     (``tests/test_prellm_host_reads.py``)."""
 
     stage: ClassVar = "pre-llm"
-    Params: ClassVar[type[BaseModel]] = BudgetParams
+    budget: float = Field(128, gt=0, description="visual tokens fed to the LLM, of 576")
 
     def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
         return plan.with_reducer(self)
 
     def k(self, n_visual: int) -> int:
-        return kept_count(self.params.budget, n_visual)
+        return kept_count(self.budget, n_visual)
 
     def reduce(self, bb: Any, batch: Any) -> list[ReducedVisual]:
         """Every sample's reduced visual tokens; the counts come from the host layout, so nothing

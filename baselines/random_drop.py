@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from harness.models.method import Method, MethodError
 from harness.models.plan import VisualPlan
@@ -41,13 +41,6 @@ class RandomSubset:
         return out.to(ctx.valid.device)
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    budget: float = Field(128, gt=0, description="visual tokens kept, of 576")
-    layer: int = Field(0, ge=0, description="drop before this layer (0: pre-LLM style)")
-    seed: int = 0
-
-
 class RandomDrop(Method):
     name: ClassVar[str] = "random"
     stage: ClassVar = "in-llm"
@@ -58,13 +51,15 @@ class RandomDrop(Method):
         "file": "baselines/random_drop.py",
         "rule": "seebench's own control (no official code)",
     }
-    Params: ClassVar[type[BaseModel]] = Params
+    budget: float = Field(128, gt=0, description="visual tokens kept, of 576")
+    layer: int = Field(0, ge=0, description="drop before this layer (0: pre-LLM style)")
+    seed: int = 0
 
     def validate_for(self, backbone: Any) -> None:
-        if self.params.layer >= backbone.num_layers:
-            raise MethodError(f"method 'random': layer={self.params.layer} out of range")
+        if self.layer >= backbone.num_layers:
+            raise MethodError(f"method 'random': layer={self.layer} out of range")
 
     def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
-        li = self.params.layer
-        sel = RandomSubset(self.params.budget, self.params.seed, "renumber" if li == 0 else "keep")
+        li = self.layer
+        sel = RandomSubset(self.budget, self.seed, "renumber" if li == 0 else "keep")
         return plan.with_layer(li, replace(plan.layers[li], drop_before=sel))

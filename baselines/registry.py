@@ -1,71 +1,70 @@
-"""Method registry: names -> method classes, and stacks such as ``vica+pdrop``.
+"""Method registry: a table of names -> ``module:Class``, and stacks such as ``vica+pdrop``.
 
-The harness knows methods only through this module.  ``dense`` is the empty stack.
+The harness knows methods only through this module; a method's module is imported the first
+time its name is asked for.  ``dense`` is the empty stack.
+
+Adding a method (the README's checklist):
+  1. one file, e.g. ``baselines/mymethod.py``, with a :class:`Method` subclass whose pydantic
+     fields are its knobs, and a ``reference`` naming the official code its rule follows;
+  2. one line in :data:`METHODS` below;
+  3. its tests (a reference test restating the official rule, knobs in ``tests/method_params.py``
+     if the defaults do not act on the 4-layer test models).
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from harness.models.method import STAGE_ORDER, Method, MethodError
 from harness.models.plan import VisualPlan
 
-REGISTRY: dict[str, type[Method]] = {}
+#: registry name -> "module:Class" (imported lazily)
+METHODS: dict[str, str] = {
+    "vica": "harness.models.vica:ViCA",
+    "saisa": "harness.models.saisa:SAISA",
+    "shortv": "harness.baselines.shortv:ShortV",
+    "yopo": "harness.baselines.yopo:YOPO",
+    "yopo_textonly": "harness.baselines.yopo:YOPOTextOnly",
+    "naavit": "harness.baselines.naavit:NAAViT",
+    "fastv": "harness.baselines.fastv:FastV",
+    "pdrop": "harness.baselines.pdrop:PDrop",
+    "vtw": "harness.baselines.vtw:VTW",
+    "dart": "harness.baselines.dart:DART",
+    "random": "harness.baselines.random_drop:RandomDrop",
+    "fastervlm": "harness.baselines.fastervlm:FasterVLM",
+    "visionzip": "harness.baselines.visionzip:VisionZip",
+    "vispruner": "harness.baselines.vispruner:VisPruner",
+    "prumerge_plus": "harness.baselines.prumerge_plus:PruMergePlus",
+    "divprune": "harness.baselines.divprune:DivPrune",
+    "cdpruner": "harness.baselines.cdpruner:CDPruner",
+    "tome": "harness.baselines.tome:ToMe",
+    "sparsevlm": "harness.baselines.sparsevlm:SparseVLM",
+}
 
-
-def register(cls: type[Method]) -> type[Method]:
-    if cls.name in REGISTRY:
-        raise MethodError(f"method '{cls.name}' registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-_LOADED = False
-
-
-def _load_all() -> None:
-    """Register every method, one line each.  Nothing else imports a concrete method."""
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    from harness.models.saisa import SAISA
-    from harness.models.vica import ViCA
-
-    from .cdpruner import CDPruner
-    from .dart import DART
-    from .divprune import DivPrune
-    from .fastervlm import FasterVLM
-    from .fastv import FastV
-    from .naavit import NAAViT
-    from .pdrop import PDrop
-    from .prumerge_plus import PruMergePlus
-    from .random_drop import RandomDrop
-    from .shortv import ShortV
-    from .sparsevlm import SparseVLM
-    from .tome import ToMe
-    from .visionzip import VisionZip
-    from .vispruner import VisPruner
-    from .vtw import VTW
-    from .yopo import YOPO, YOPOTextOnly
-
-    for cls in (ViCA, SAISA, ShortV, YOPO, YOPOTextOnly, NAAViT, FastV, PDrop, VTW, DART, RandomDrop,
-                FasterVLM, VisionZip, VisPruner, PruMergePlus, DivPrune, CDPruner, ToMe,
-                SparseVLM):  # fmt: skip
-        register(cls)
+_LOADED: dict[str, type[Method]] = {}
 
 
 def names() -> list[str]:
-    _load_all()
-    return ["dense", *sorted(REGISTRY)]
+    return ["dense", *sorted(METHODS)]
 
 
 def get(name: str) -> type[Method]:
-    _load_all()
-    if name not in REGISTRY:
-        raise MethodError(f"unknown method '{name}': registered methods are {', '.join(names())}")
-    return REGISTRY[name]
+    if name not in METHODS:
+        close = difflib.get_close_matches(name, names(), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise MethodError(f"unknown method '{name}': {hint}registered methods are {', '.join(names())}")
+    if name not in _LOADED:
+        module, _, attr = METHODS[name].partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+        if getattr(cls, "name", None) != name:
+            raise MethodError(
+                f"registry entry '{name}' points at {METHODS[name]}, whose name is '{cls.name}'"
+            )
+        _LOADED[name] = cls
+    return _LOADED[name]
 
 
 def _make(part: str, params: dict[str, dict[str, Any]]) -> Method:
@@ -87,7 +86,7 @@ class Stack:
         return "+".join(m.label for m in self.methods) or "dense"
 
     def params(self) -> dict[str, dict[str, Any]]:
-        return {m.name: m.params.model_dump() for m in self.methods}
+        return {m.name: m.settings() for m in self.methods}
 
     def plan(self, backbone: Any) -> VisualPlan:
         plan = VisualPlan.dense(backbone.num_layers)

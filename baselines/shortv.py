@@ -12,7 +12,7 @@ from dataclasses import replace
 from dataclasses import replace as dc_replace
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from harness.models.method import Method, MethodError
 from harness.models.plan import KV_ONLY, VisualPlan
@@ -77,14 +77,6 @@ PUBLISHED_LAYERS: dict[str, list[int]] = {
 }
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    layers: list[int] | None = Field(
-        None, description="frozen layers in replacement order (overrides the default)"
-    )
-    n: int | None = Field(None, ge=0, description="how many layers to freeze (prefix of the ordered list)")
-
-
 class ShortV(Method):
     name: ClassVar[str] = "shortv"
     stage: ClassVar = "structural"
@@ -97,10 +89,13 @@ class ShortV(Method):
         "file": "",
         "rule": "ShortvDecoderLayer",
     }
-    Params: ClassVar[type[BaseModel]] = Params
+    layers: list[int] | None = Field(
+        None, description="frozen layers in replacement order (overrides the default)"
+    )
+    n: int | None = Field(None, ge=0, description="how many layers to freeze (prefix of the ordered list)")
 
     def ordered_layers(self, backbone: Any) -> list[int]:
-        p = self.params
+        p = self
         if p.layers is not None:
             order = list(p.layers)
         else:

@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from harness.models.method import Method, MethodError
 from harness.models.plan import VisualPlan
@@ -154,13 +154,6 @@ class RaterTopK:
         return macs + float(c * c * hidden + m * c * hidden)
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    budget: int = Field(192, description="layer-averaged label 192, 128, 96 or 64: the published keep lists")
-    keep: list[int] | None = Field(None, description="visual tokens kept after each pruning layer, of 576")
-    layers: list[int] | None = Field(None, description="pruning layers (default 2, 6, 15)")
-
-
 class SparseVLM(Method):
     name: ClassVar[str] = "sparsevlm"
     stage: ClassVar = "in-llm"
@@ -173,10 +166,12 @@ class SparseVLM(Method):
         "file": "llava/model/language_model/sparse_llama/modelling_sparse_llama.py; score.py; utils.py",
         "rule": "LlamaModel.forward, attn_postprocess_topk, cluster_and_merge (v1.0, main)",
     }
-    Params: ClassVar[type[BaseModel]] = Params
+    budget: int = Field(192, description="layer-averaged label 192, 128, 96 or 64: the published keep lists")
+    keep: list[int] | None = Field(None, description="visual tokens kept after each pruning layer, of 576")
+    layers: list[int] | None = Field(None, description="pruning layers (default 2, 6, 15)")
 
     def schedule(self, num_layers: int) -> tuple[list[int], list[int]]:
-        p = self.params
+        p = self
         if p.keep is None and p.budget not in KEEP:
             raise MethodError(
                 f"method 'sparsevlm': budget {p.budget} has no published schedule; use 192, 128, 96 or 64 or give keep"

@@ -17,18 +17,12 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from harness.models.plan import ReducedVisual
 
 from .clip_attention import clip_state, cls_attention, visual_embeds
 from .prellm import PreLLM
-
-
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    budget: float = Field(128, gt=0, description="visual tokens fed to the LLM, of 576")
-    important_ratio: float = Field(0.5, gt=0, le=1, description="share of the budget chosen by CLS attention")
 
 
 class VisPruner(PreLLM):
@@ -42,12 +36,13 @@ class VisPruner(PreLLM):
         "file": "llava/model/llava_arch.py",
         "rule": "encode_images",
     }
-    Params: ClassVar[type[BaseModel]] = Params
+    budget: float = Field(128, gt=0, description="visual tokens fed to the LLM, of 576")
+    important_ratio: float = Field(0.5, gt=0, le=1, description="share of the budget chosen by CLS attention")
 
     def reduce_one(self, bb, batch, i, k):
         state = clip_state(batch, i, self.name)
         attn, _, macs = cls_attention(bb, state)
-        n_imp = int(k * self.params.important_ratio)
+        n_imp = int(k * self.important_ratio)
         # patches by descending attention (ties toward the lower index): the first n_imp are the
         # important ones, the rest start the de-duplication list in that order (static sizes)
         order = torch.sort(attn, descending=True, stable=True).indices

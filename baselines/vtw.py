@@ -10,15 +10,10 @@ from dataclasses import replace
 from dataclasses import replace as dc_replace
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from harness.models.method import Method, MethodError
 from harness.models.plan import INVISIBLE, VisualPlan
-
-
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    k: int | None = Field(None, ge=0, description="layers that see visual tokens (default: half the depth)")
 
 
 class VTW(Method):
@@ -31,14 +26,14 @@ class VTW(Method):
         "file": "",
         "rule": "the paper's rule: visual tokens withdrawn from layer K on",
     }
-    Params: ClassVar[type[BaseModel]] = Params
+    k: int | None = Field(None, ge=0, description="layers that see visual tokens (default: half the depth)")
 
     def validate_for(self, backbone: Any) -> None:
-        if self.params.k is not None and self.params.k > backbone.num_layers:
-            raise MethodError(f"method 'vtw': k={self.params.k} exceeds the {backbone.num_layers} layers")
+        if self.k is not None and self.k > backbone.num_layers:
+            raise MethodError(f"method 'vtw': k={self.k} exceeds the {backbone.num_layers} layers")
 
     def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
-        k = self.params.k if self.params.k is not None else backbone.num_layers // 2
+        k = self.k if self.k is not None else backbone.num_layers // 2
         layers = [
             lp if i < k else replace(INVISIBLE, drop_before=lp.drop_before)
             for i, lp in enumerate(plan.layers)

@@ -19,22 +19,10 @@ from dataclasses import replace
 from dataclasses import replace as dc_replace
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from harness.models.method import Method, MethodError
 from harness.models.plan import INVISIBLE, LayerPlan, VisualPlan
-
-
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    window: int = Field(5, description="k of the k x k neighbour window (odd, >= 1)")
-    k_cut: int | None = Field(
-        None, description="first layer without visual computation (default 3/4 of the depth)"
-    )
-    ffn_ratio: int = Field(2, ge=1, description="visual FFN uses the first m / r channels")
-    head_mask: list[list[int]] | None = Field(
-        None, description="per layer, the heads that serve visual tokens (default: all; see calibrate yopo)"
-    )
 
 
 class YOPO(Method):
@@ -49,11 +37,18 @@ class YOPO(Method):
         "file": "modeling_llama_prune.py",
         "rule": "YOPO pruned decoder",
     }
-    Params: ClassVar[type[BaseModel]] = Params
+    window: int = Field(5, description="k of the k x k neighbour window (odd, >= 1)")
+    k_cut: int | None = Field(
+        None, description="first layer without visual computation (default 3/4 of the depth)"
+    )
+    ffn_ratio: int = Field(2, ge=1, description="visual FFN uses the first m / r channels")
+    head_mask: list[list[int]] | None = Field(
+        None, description="per layer, the heads that serve visual tokens (default: all; see calibrate yopo)"
+    )
     head_mode: ClassVar[str] = "zero_values"
 
     def validate_for(self, backbone: Any) -> None:
-        p = self.params
+        p = self
         if p.window < 1 or p.window % 2 == 0:
             raise MethodError(f"method '{self.name}': window must be odd and >= 1, got {p.window}")
         if p.k_cut is not None and not 0 <= p.k_cut <= backbone.num_layers:
@@ -69,22 +64,22 @@ class YOPO(Method):
                     f"method '{self.name}': head ids {bad} out of range [0, {backbone.num_heads})"
                 )
 
-    def k_cut(self, backbone: Any) -> int:
-        return self.params.k_cut if self.params.k_cut is not None else (3 * backbone.num_layers) // 4
+    def cut_layer(self, backbone: Any) -> int:
+        return self.k_cut if self.k_cut is not None else (3 * backbone.num_layers) // 4
 
-    def head_mask(self, backbone: Any) -> list[list[int]] | None:
+    def heads_per_layer(self, backbone: Any) -> list[list[int]] | None:
         """The given mask, else one stored by ``harness calibrate yopo --save``, else all heads."""
-        if self.params.head_mask is not None:
-            return self.params.head_mask
+        if self.head_mask is not None:
+            return self.head_mask
         from .shortv import stored_calibration
 
         return stored_calibration(backbone, "yopo", "head_mask")
 
     def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
-        p = self.params
-        mask = self.head_mask(backbone)
+        p = self
+        mask = self.heads_per_layer(backbone)
         width = backbone.intermediate_size // p.ffn_ratio
-        cut = self.k_cut(backbone)
+        cut = self.cut_layer(backbone)
         layers = []
         for i, lp in enumerate(plan.layers):
             heads = None if mask is None else tuple(mask[i])

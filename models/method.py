@@ -23,18 +23,16 @@ class MethodError(ValueError):
     """Bad method name, parameter or stack; one line naming it and the fix."""
 
 
-class NoParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Method(BaseModel):
+    """Base class: a method is one pydantic model whose fields are its knobs (``FastV(k=2,
+    budget=64)``); subclasses set the class variables and override :meth:`apply`."""
 
-
-class Method:
-    """Base class.  Subclasses set the class variables and override :meth:`apply`."""
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     name: ClassVar[str]
     stage: ClassVar[Stage]
     description: ClassVar[str] = ""
     needs_weights: ClassVar[bool] = False
-    Params: ClassVar[type[BaseModel]] = NoParams
     #: device values the method reads on the host per prefill (a data-dependent count it cannot
     #: cap); 0 for every method whose counts follow from the layout
     host_reads: ClassVar[int] = 0
@@ -42,32 +40,45 @@ class Method:
     #: (``harness methods --json``); ``repository`` says "seebench" for the project's own rules
     reference: ClassVar[dict[str, str] | None] = None
 
-    def __init__(self, **params: Any) -> None:
+    def __init__(self, **knobs: Any) -> None:
         try:
-            self.params = self.Params(**params)
+            super().__init__(**knobs)
         except ValidationError as exc:
-            raise MethodError(format_param_error(self.name, self.Params, exc)) from None
+            raise MethodError(format_param_error(self.name, type(self), exc)) from None
 
     @property
     def label(self) -> str:
         """How the method appears in a stack string (``fastv``, ``plan:kv_only=0-18``)."""
         return self.name
 
+    def settings(self) -> dict[str, Any]:
+        """The knobs as set (what records store as the method's params)."""
+        return self.model_dump()
+
+    def __hash__(self) -> int:  # plans hold their reducer and are hashed (equal knobs, equal hash)
+        return hash((type(self), self.model_dump_json()))
+
     def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
         """Return the plan with this method's per-layer rules added."""
         return plan
 
     def validate_for(self, backbone: Any) -> None:
-        """Raise :class:`MethodError` when the parameters do not fit the backbone."""
+        """Raise :class:`MethodError` when the knobs do not fit the backbone."""
+
+    def prepare_backbone(self, backbone: Any) -> Any:
+        """The backbone this method runs on, given a random-init one (``harness latency --random``,
+        synthetic geometries): a method with its own modules adds random ones of the right shape.
+        Checkpoints that ship the method's weights are opened as they are."""
+        return backbone
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "stage": self.stage, "params": self.params.model_dump()}
+        return {"name": self.name, "stage": self.stage, "params": self.settings()}
 
     @classmethod
     def knobs(cls) -> dict[str, Any]:
-        """Parameter name -> default (and description) for ``harness methods``."""
+        """Knob name -> default (and description) for ``harness methods``."""
         out = {}
-        for name, f in cls.Params.model_fields.items():
+        for name, f in cls.model_fields.items():
             default = None if f.is_required() else f.get_default(call_default_factory=True)
             out[name] = {"default": default, "help": f.description or ""}
         return out

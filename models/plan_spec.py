@@ -30,8 +30,6 @@ from dataclasses import replace
 from dataclasses import replace as dc_replace
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict
-
 from .method import Method, MethodError
 from .plan import DENSE_LAYER, INVISIBLE, KV_ONLY, KeepVisual, LayerPlan, PlanError, VisualPlan
 
@@ -118,30 +116,25 @@ def _apply(layers: list[LayerPlan], name: str, value: str, n: int) -> None:
         )
 
 
-class SpecParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    spec: str
-
-
 class HandPlan(Method):
     """A hand-written plan (``plan:SPEC`` in a method stack)."""
 
     name: ClassVar[str] = "plan"
     stage: ClassVar = "structural"
     description: ClassVar[str] = "hand-written visual plan from a spec (see models/plan_spec.py)"
-    Params: ClassVar[type[BaseModel]] = SpecParams
+    spec: str
 
     @property
     def label(self) -> str:
-        return f"plan:{self.params.spec}"
+        return f"plan:{self.spec}"
 
     def validate_for(self, backbone) -> None:
         try:
-            parse_plan(self.params.spec, backbone.num_layers)
+            parse_plan(self.spec, backbone.num_layers)
         except PlanError as exc:
             raise MethodError(str(exc)) from None
 
     def apply(self, plan: VisualPlan, backbone) -> VisualPlan:
-        hand = parse_plan(self.params.spec, backbone.num_layers)
+        hand = parse_plan(self.spec, backbone.num_layers)
         merged = [h if h != DENSE_LAYER else p for p, h in zip(plan.layers, hand.layers, strict=True)]
         return dc_replace(plan, layers=tuple(merged), name=hand.name)

@@ -14,7 +14,7 @@ from dataclasses import replace
 from dataclasses import replace as dc_replace
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from .method import Method, MethodError
 from .plan import INVISIBLE, KV_ONLY, VisualPlan
@@ -31,15 +31,6 @@ PUBLISHED = {
 }
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    t2v_layers: list[int] | None = Field(None, description="layers where text reads visual K/V")
-    system_query_layers: list[int] | None = Field(
-        None,
-        description="layers where system-prefix tokens are queries (default: none for 7B, all otherwise)",
-    )
-
-
 class ViCA(Method):
     name: ClassVar[str] = "vica"
     stage: ClassVar = "structural"
@@ -53,11 +44,15 @@ class ViCA(Method):
         "rule": "ViCA decoder layers",
     }
     needs_weights: ClassVar[bool] = True
-    Params: ClassVar[type[BaseModel]] = Params
+    t2v_layers: list[int] | None = Field(None, description="layers where text reads visual K/V")
+    system_query_layers: list[int] | None = Field(
+        None,
+        description="layers where system-prefix tokens are queries (default: none for 7B, all otherwise)",
+    )
 
     def layers(self, backbone: Any) -> list[int]:
         key = PUBLISHED.get((backbone.family, backbone.num_layers, backbone.hidden_size))
-        t2v = self.params.t2v_layers
+        t2v = self.t2v_layers
         if (
             t2v is None
         ):  # the checkpoint's own list (a ViCA-trained tiny model), a published one, or the default
@@ -72,7 +67,7 @@ class ViCA(Method):
 
     def validate_for(self, backbone: Any) -> None:
         self.layers(backbone)
-        sq = self.params.system_query_layers or []
+        sq = self.system_query_layers or []
         bad = [i for i in sq if not 0 <= i < backbone.num_layers]
         if bad:
             raise MethodError(f"method 'vica': system_query_layers {bad} out of range")
@@ -80,7 +75,7 @@ class ViCA(Method):
     def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
         t2v = set(self.layers(backbone))
         key = PUBLISHED.get((backbone.family, backbone.num_layers, backbone.hidden_size))
-        sq = self.params.system_query_layers
+        sq = self.system_query_layers
         sq = set(range(backbone.num_layers) if key != "llava-1.5-7b" else []) if sq is None else set(sq)
         layers = []
         for i, lp in enumerate(plan.layers):
