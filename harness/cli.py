@@ -393,11 +393,12 @@ def cmd_latency(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ train / tasks-path
 def cmd_train(args: argparse.Namespace) -> int:
     from harness.models.tiny.model import CHECKPOINT_DIR
-    from harness.models.tiny.train import Recipe, train_tiny
+    from harness.models.tiny.recipe import Recipe
+    from harness.models.tiny.train import train_tiny
 
     if args.what != "tiny-llava":
         raise HarnessError(f"harness train knows 'tiny-llava', got '{args.what}'")
-    from harness.models.tiny.train import ARCHES
+    from harness.models.tiny.structures import ARCHES
 
     if args.arch not in ARCHES:
         raise HarnessError(f"--arch {args.arch}: use one of {', '.join(ARCHES)}")

@@ -18,8 +18,10 @@ from harness.models.random_models import randomize_norms
 from harness.models.saisa import SaisaBackbone, make_projectors, save_projectors
 from harness.models.tiny import shapes
 from harness.models.tiny import tokenizer as tk
-from harness.models.tiny import train as T
 from harness.models.tiny.model import TinyConfig, build_model
+from harness.models.tiny.packing import pack
+from harness.models.tiny.recipe import Recipe
+from harness.models.tiny.structures import ARCHES, VICA_T2V, Structure, forward_packed, yopo_structure
 
 
 def _checkpoint(tmp_path, arch: str):
@@ -30,9 +32,9 @@ def _checkpoint(tmp_path, arch: str):
     model.save_pretrained(out)
     tk.save_processor(out)
     meta = {"weights": "random-init", "architecture": arch}
-    structure = T.Structure(arch)
+    structure = Structure(arch)
     if arch == "yopo":  # the method's defaults, with heads 1 and 3 pruned in layers 2-5
-        structure = T.yopo_structure(cfg)
+        structure = yopo_structure(cfg)
         structure.head_mask = tuple((0, 1, 2, 3) if li < 2 else (0, 2) for li in range(cfg.layers))
         meta["calibration"] = {"yopo": {"head_mask": [list(h) for h in structure.head_mask]}}
     if arch == "vica":
@@ -54,7 +56,7 @@ def test_training_structure_equals_executor(tmp_path, arch):
     assert isinstance(bb, SaisaBackbone) == (arch == "saisa")
     samples = shapes.generate_split("shapes_mc", "ci")[:2] + shapes.generate_split("shapes_count", "ci")[:2]
     with torch.no_grad():
-        ref = T.forward_packed(model.eval(), T.pack(samples, [[] for _ in samples]), structure=structure)
+        ref = forward_packed(model.eval(), pack(samples, [[] for _ in samples]), structure=structure)
         inputs = bb.build_inputs([tk.PROMPT_TEMPLATE.format(question=s.question) for s in samples],
                                  [s.image for s in samples])  # fmt: skip
         assert inputs["attention_mask"].min() == 0  # ragged: left padding in the executor's batch
@@ -68,21 +70,21 @@ def test_training_structure_equals_executor(tmp_path, arch):
             torch.testing.assert_close(logits, ref, atol=1e-4, rtol=0)
     if arch != "dense":  # the structure matters: the dense forward gives other logits
         with torch.no_grad():
-            dense = T.forward_packed(model, T.pack(samples, [[] for _ in samples]))
+            dense = forward_packed(model, pack(samples, [[] for _ in samples]))
         assert (dense - ref).abs().max() > 1e-2
 
 
 def test_arch_recipes_and_bad_arch(capsys):
-    recipes = [T.Recipe.default(arch=a) for a in T.ARCHES]
-    assert T.ARCHES == ("dense", "vica", "saisa", "yopo")
+    recipes = [Recipe.default(arch=a) for a in ARCHES]
+    assert ARCHES == ("dense", "vica", "saisa", "yopo")
     steps = [[st.steps for st in r.stages] for r in recipes]
     assert all(s == steps[0] for s in steps)  # the same training budget
     vica = recipes[1]
     assert set(vica.stages[1].aux_layers) <= set(vica.t2v_layers)  # objects read where text sees them
     # YOPO: objects are read before the cut, where text still sees visual values
-    assert max(recipes[3].stages[1].aux_layers) < T.yopo_structure(recipes[3].model).k_cut
+    assert max(recipes[3].stages[1].aux_layers) < yopo_structure(recipes[3].model).k_cut
     with pytest.raises(ValueError, match="unknown arch 'fastv'"):
-        T.Recipe.default(arch="fastv")
+        Recipe.default(arch="fastv")
     assert main(["train", "tiny-llava", "--arch", "fastv"]) == 2
     assert "--arch fastv: use one of dense, vica, saisa, yopo" in capsys.readouterr().err
 
@@ -108,7 +110,7 @@ def test_train_arch_smoke_writes_what_the_loader_reads(tmp_path):
         assert f"--arch {arch}" in (out / "README.md").read_text()
         bb = load_backbone(str(out))
         if arch == "vica":
-            assert bb.info["vica"]["t2v_layers"] == list(T.VICA_T2V)
+            assert bb.info["vica"]["t2v_layers"] == list(VICA_T2V)
         elif arch == "yopo":  # the rules trained under are the yopo method's defaults on this model
             plan = build_stack("yopo").plan(bb)
             assert bb.info["yopo"]["k_cut"] == 6 and bb.info["yopo"]["ffn_width"] == bb.intermediate_size // 2
