@@ -1,4 +1,4 @@
-"""CDPruner: keep the visual tokens of maximal conditional diversity, chosen by a DPP (baselines.md 3.6).
+"""CDPruner: keep the visual tokens of maximal conditional diversity, chosen by a DPP (docs/baselines.md §3.6).
 
 Kernel L = diag(r) . S . diag(r) over the visual tokens of one sample:
 - S: cosine similarity of the projected visual tokens (LLM input space).
@@ -27,7 +27,7 @@ Relevance source (``relevance`` parameter, recorded in the record's params):
   weights and works on every backbone (Qwen2-VL included).  Used when no CLIP checkpoint is found.
 
 Published defaults: k = 192 / 128 / 64 of 576 (the ``budget`` knob).  Kept tokens in ascending
-order; positions renumbered (pre-LLM policy, README 2.3).
+order; positions renumbered (pre-LLM policy, docs/methods.md §2.3).
 """
 
 from __future__ import annotations

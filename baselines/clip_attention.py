@@ -1,7 +1,7 @@
 """The ViT's own attention for pre-LLM methods: one CLS row and the keys of one CLIP layer.
 
 Computed from the states the backbone kept (``batch.extras["clip"]``) with that layer's weights via
-``F.linear`` (only the needed rows: README section 2.5), so the vision tower is not re-run and the
+``F.linear`` (only the needed rows: docs/methods.md §2.5), so the vision tower is not re-run and the
 model is never switched to eager attention.  Every function reports the MACs it spent.
 """
 

@@ -1,4 +1,4 @@
-"""DART: keep visual tokens that duplicate the pivots least (baselines.md 2.4).
+"""DART: keep visual tokens that duplicate the pivots least (docs/baselines.md §2.4).
 
 Follows the released code (``get_retained_image_token`` in
 ``llava/model/language_model/modeling_llama_self.py`` of the public fork ``xqy1111111/DART``,

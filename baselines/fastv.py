@@ -1,6 +1,6 @@
 """FastV: after layer K-1, keep the visual tokens the last prompt token attends to most.
 
-Score (baselines.md 2.1): layer K-1's attention probabilities of the last prompt token over all keys,
+Score (docs/baselines.md §2.1): layer K-1's attention probabilities of the last prompt token over all keys,
 mean over heads, visual columns -- one row computed inside the executor, not eager attention.  Layers
 K.. run on the kept tokens; positions keep their original ids; decode continues at the full length.
 """

@@ -1,6 +1,6 @@
 """NAAViT (SAISA paper): visual tokens are never attention queries; their FFN is kept.
 
-seebench's reading (seed-methods.md section 6): text reads visual keys normally, visual K/V come from
+seebench's reading (docs/seed-methods.md §6): text reads visual keys normally, visual K/V come from
 the current visual state, original positions, visual K/V cached in every layer.  Training-free use on
 a stock checkpoint is an ablation (the paper retrains).
 """

@@ -1,6 +1,6 @@
 """PyramidDrop: rank visual tokens at each stage boundary with that layer's own q/k, keep fewer.
 
-Rule (baselines.md 2.2): before rank layer l, apply layer l's input norm, q/k projections and RoPE to
+Rule (docs/baselines.md §2.2): before rank layer l, apply layer l's input norm, q/k projections and RoPE to
 the incoming states; the last instruction token's softmax over all keys (mean over heads) scores the
 visual tokens; keep int(576 x ratio_s) scaled to the sample's visual count.  Positions are renumbered
 after every drop.  Defaults: the seebench schedules for 192 / 128 / 64 layer-averaged tokens, else

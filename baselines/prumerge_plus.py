@@ -9,7 +9,7 @@ C^-0.5)); on a feature layer -1 backbone that input is the feature layer's input
 (Q3 + 1.5 IQR; the top k-1 by attention if there are more), fill to k-1 with uniform-grid patches
 (highest attention first); each kept token adds the attention-weighted features of its 32 most
 key-similar other patches; one more token = the attention-weighted sum of all pruned patches.  Then
-the projector.  (baselines.md 3.4)
+the projector.  (docs/baselines.md §3.4)
 
 Computed without host reads where the count is static: the patches are ranked outliers first (by
 attention, descending), then the other grid patches (by attention, descending), and the first k-1

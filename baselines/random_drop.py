@@ -1,6 +1,6 @@
 """random: keep a seeded random subset of the visual tokens (the control every pruning method must beat).
 
-Seeded per sample id (README 2.4 rule 4), so batched and batch-1 runs keep the same tokens.  ``layer``
+Seeded per sample id (docs/methods.md §2.4 rule 4), so batched and batch-1 runs keep the same tokens.  ``layer``
 0 drops before the first decoder layer (pre-LLM style, positions renumbered); a later layer is the
 in-LLM variant (positions keep).
 """

@@ -1,7 +1,7 @@
 """ShortV: visual tokens are keys/values only (no query, no FFN, state frozen) in N layers.
 
 Layers are chosen by Layer Contribution (``harness calibrate shortv``); the published lists are the
-defaults for the published backbones (seed-methods.md section 4.3; replacement order, take a prefix
+defaults for the published backbones (docs/seed-methods.md §4.3; replacement order, take a prefix
 for smaller N).  Visual K/V come from the carried (frozen) state, positions are original, and every
 layer keeps visual K/V in its cache.
 """

@@ -1,6 +1,6 @@
 """SparseVLM (v1.0): text raters score the visual tokens inside chosen layers; deleted ones are recycled.
 
-Rule (baselines.md 2.3; v1.0 = the ``main`` branch code):
+Rule (docs/baselines.md §2.3; v1.0 = the ``main`` branch code):
 
 1. Raters, once per prompt, on the LLM input embeddings: for each visual token a softmax over the
    text tokens T (after the image) of the unscaled dot products H_V . H_T^T; the mean over visual
@@ -27,7 +27,7 @@ Published defaults (code ``score.py``): tokens kept after layers [2, 6, 15], of 
 round-half-up(l x L / 32), capped at L - 2.
 
 Positions: v1.0 renumbers.  After each stage the survivors (system, kept, merged, text) get
-contiguous ids 0..n-1 and generated tokens continue at the compacted length (README 2.3; M-RoPE
+contiguous ids 0..n-1 and generated tokens continue at the compacted length (docs/methods.md §2.3; M-RoPE
 keeps 3-D ids, a merged token takes its centre's).  Drop and mask modes: the executor writes the kept
 and merged tokens into the first rows of the visual span (rows keep their causal order) and drops
 (drop mode) or masks (mask mode) the rest, so both modes run the same sequence and drop == mask.

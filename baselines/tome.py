@@ -1,4 +1,4 @@
-"""ToMe inside the CLIP ViT: bipartite soft matching merges in the layers LLaVA uses (baselines.md 3.7).
+"""ToMe inside the CLIP ViT: bipartite soft matching merges in the layers LLaVA uses (docs/baselines.md §3.7).
 
 Token Merging (Bolya et al., ICLR 2023), per CLIP encoder layer l = 0 .. w-1 (w = LLaVA's feature
 layer: 0..22 on LLaVA-1.5, whose last layer is unused):

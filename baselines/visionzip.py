@@ -1,6 +1,6 @@
 """VisionZip: dominant tokens (CLS + top patches by CLS attention) and merged contextual tokens.
 
-Dominant (baselines.md 3.2): the top-(D-1) patches by CLS attention of CLIP layer -2, plus the CLS
+Dominant (docs/baselines.md §3.2): the top-(D-1) patches by CLS attention of CLIP layer -2, plus the CLS
 token's own state.  Contextual: on the remaining r patches (ascending), keys of that layer averaged
 over heads and L2-normalised; the C targets are the remaining patches at positions 0, s, 2s, ...,
 (C-1)s with the integer stride s = max(1, r // C), as the official code indexes them

@@ -1,7 +1,7 @@
 """VisPruner: important patches by CLS attention, then diverse ones by ToMe-style de-duplication.
 
 Follows the official code (Theia-4869/VisPruner, llava/model/llava_arch.py ``encode_images``), which
-baselines.md 3.3 summarises:
+docs/baselines.md §3.3 summarises:
 Important: the top int(k x r) patches by CLS attention of CLIP layer -2 (mean over heads); int, not
 round, as the code takes ``int(visual_token_num * important_ratio)``.
 Diverse: the other patches in descending CLS-attention order form the list (cosine similarity of the

@@ -1,6 +1,6 @@
 """YOPO: neighbour-window visual attention, pruned visual heads, half-width visual FFN, visual cut.
 
-Two registered semantics (seed-methods.md section 3.3):
+Two registered semantics (docs/seed-methods.md §3.3):
 
 * ``yopo`` - the released code: heads outside a layer's mask give visual queries no output and give
   text queries the softmax over all keys with the visual weights zeroed *without renormalisation*

@@ -1,10 +1,10 @@
 """Calibration commands: ShortV's Layer Contribution order and YOPO's visual head masks.
 
-ShortV (seed-methods.md 4.4): for each calibration sample, the last-prompt-position logits of the
+ShortV (docs/seed-methods.md §4.4): for each calibration sample, the last-prompt-position logits of the
 dense model and of the model with visual tokens frozen (K/V-only) in layer i alone;
 LC_i = KL(P_frozen,i || P_dense), averaged over samples; layers sorted by ascending LC.
 
-YOPO (seed-methods.md 3.4): per sample, layer and head, the attention mass on visual keys over the
+YOPO (docs/seed-methods.md §3.4): per sample, layer and head, the attention mass on visual keys over the
 mass on system + text keys, summed over all prefill query rows (computed with one extra SDPA call
 whose values are the visual-key indicator, no eager attention); a head is active on a sample if the
 ratio exceeds tau, and kept if active on more than ``vote`` of the samples; layers 0-1 keep all heads.

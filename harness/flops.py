@@ -1,7 +1,7 @@
 """FLOPs you can audit: fvcore counts of what the executor really ran, cross-checked analytically.
 
 Units: fvcore's ``FlopCountAnalysis`` counts one multiply-add as one "flop", i.e. **MACs**.  We
-keep MACs and report FLOPs = 2 x MACs; every stored number names its unit (flops.md section 1).
+keep MACs and report FLOPs = 2 x MACs; every stored number names its unit (docs/flops.md §1).
 
 Counted: matmul-class ops (``linear``, ``matmul``, ``bmm``, ``einsum``, convolutions) by fvcore's
 own handles, plus handles registered here for fused attention, which fvcore otherwise skips:
@@ -268,7 +268,7 @@ def count_prefill(bb: Backbone, inputs: dict[str, Any], plan: VisualPlan, mode: 
             an.set_op_handle(op, sdpa_macs if not op.startswith("flash_attn") else flash_macs)
         for op in VARLEN_OPS:
             an.set_op_handle(op, varlen_macs)
-        # norms are excluded by the papers' convention (flops.md section 1)
+        # norms are excluded by the papers' convention (docs/flops.md §1)
         for norm in ("aten::layer_norm", "aten::group_norm", "aten::batch_norm", "aten::instance_norm"):
             an.set_op_handle(norm, _zero)
         if tallies is not None:
@@ -401,7 +401,7 @@ def schedule_from_plan(
 def selector_overhead(
     plan: VisualPlan, stats: list[LayerStats], batch: Batch, g: Geometry, bb: Backbone | None = None
 ) -> float:
-    """MACs of attention-score rows computed for selectors (README section 2.5)."""
+    """MACs of attention-score rows computed for selectors (docs/methods.md §2.5)."""
     tt = batch.token_type[0]
     n_nv = int(((tt == TokenType.SYSTEM) | (tt == TokenType.TEXT)).sum())
     n_sys = int((tt == TokenType.SYSTEM).sum())

@@ -1,14 +1,14 @@
-"""Analytic FLOPs model: per layer, per token class (docs/methods/flops.md).
+"""Analytic FLOPs model: per layer, per token class (docs/flops.md).
 
 Units. Every count is held as MACs (multiply-accumulates) in a `Compute`; FLOPs = 2 x MACs
-(flops.md §1). FastV / PDrop / SparseVLM / DivPrune formulas count MACs and call them FLOPs; ShortV,
+(docs/flops.md §1). FastV / PDrop / SparseVLM / DivPrune formulas count MACs and call them FLOPs; ShortV,
 YOPO and ViCA count FLOPs; fvcore reports MACs; `torch.utils.flop_counter` reports FLOPs.
 
 Token classes. A layer processes ``t`` non-visual tokens (system prefix S + text T; ShortV fixes
 t = 64) and some visual tokens, described by a `LayerWork`. A method is a *schedule*: one
 `LayerWork` per decoder layer (`dense`, `shortv`, `vica`, `yopo`, ...).
 
-Conventions (`CONVENTIONS`), all evaluated with the same per-class terms (flops.md §2.5):
+Conventions (`CONVENTIONS`), all evaluated with the same per-class terms (docs/flops.md §2.5):
 
 =========  ===========  ======  =========  ==========================================================
 name       FFN matrices  K/V    t          meaning
@@ -22,11 +22,11 @@ exact      3            h_kv    actual     seebench per-class terms, GQA-aware; 
 
 Attention area: the papers' rectangle — every non-visual query row sees all keys of the layer
 (t + visual keys), every visual query row sees all keys unless `LayerWork.vrow_keys` restricts it
-(YOPO window) — causal masking is not halved (flops.md §1). ``exact`` replaces the rectangle by the
+(YOPO window) — causal masking is not halved (docs/flops.md §1). ``exact`` replaces the rectangle by the
 attention calls a drop-mode executor issues when the schedule lists them; SDPA computes (and
 FlopCounterMode / fvcore count) the full n_q x n_k rectangle of each call.
 
-Visual side (flops.md §2.4): YOPO = visual rows only (projections, FFN, attention of visual rows over
+Visual side (docs/flops.md §2.4): YOPO = visual rows only (projections, FFN, attention of visual rows over
 visual keys, or over their restricted key set); ViCA = YOPO + non-visual queries over visual keys.
 """
 
@@ -47,7 +47,7 @@ from harness.models.geometry import PAPER_GEOMETRIES, Geometry, get_geometry, hf
 
 @dataclass(frozen=True)
 class Compute:
-    """An amount of compute. Stored in MACs; FLOPs = 2 x MACs (flops.md §1)."""
+    """An amount of compute. Stored in MACs; FLOPs = 2 x MACs (docs/flops.md §1)."""
 
     macs: float = 0.0
 
@@ -84,7 +84,7 @@ def total(items: Sequence[Compute]) -> Compute:
 
 @dataclass(frozen=True)
 class Convention:
-    """How a paper counts (flops.md §2). See the module docstring table."""
+    """How a paper counts (docs/flops.md §2). See the module docstring table."""
 
     name: str
     ffn_matrices: int  # 2 (FastV F2) or 3 (gate, up, down)
@@ -127,7 +127,7 @@ class AttnCall:
 
 @dataclass(frozen=True)
 class LayerWork:
-    """What one decoder layer computes, per token class (flops.md §2.5).
+    """What one decoder layer computes, per token class (docs/flops.md §2.5).
 
     Non-visual tokens (S + T) always get Q/K/V/O projections and the FFN. Visual tokens are split into
     attention query rows (``v_q``: Q and O projections, attention rows), FFN rows (``v_ffn``) and
@@ -164,7 +164,7 @@ Schedule = list[LayerWork]
 
 @dataclass(frozen=True)
 class LayerCount:
-    """MACs of one layer, by term (flops.md §2.5)."""
+    """MACs of one layer, by term (docs/flops.md §2.5)."""
 
     qo: float
     kv: float
@@ -181,7 +181,7 @@ class LayerCount:
 
 
 def layer_count(g: Geometry, w: LayerWork, convention: str | Convention = "exact") -> LayerCount:
-    """MACs of one layer under a convention (flops.md §2.5; FLOPs = 2 x these)."""
+    """MACs of one layer under a convention (docs/flops.md §2.5; FLOPs = 2 x these)."""
     c = get_convention(convention)
     h, qw = g.hidden, g.q_width
     kvw = g.kv_width if c.gqa else g.hidden
@@ -249,7 +249,7 @@ def lm_head_compute(g: Geometry, rows: int) -> Compute:
 
 
 def attention_score_overhead(g: Geometry, rows: int, keys: int, *, recompute_keys: bool = False) -> Compute:
-    """MACs of computing score rows outside the layer (README §2.5): q for ``rows``, qKᵀ over ``keys``.
+    """MACs of computing score rows outside the layer (docs/methods.md §2.5): q for ``rows``, qKᵀ over ``keys``.
 
     ``recompute_keys``: the method also projects K for all keys itself (PDrop ranks before the layer).
     """
@@ -266,7 +266,7 @@ def attention_score_overhead(g: Geometry, rows: int, keys: int, *, recompute_key
 
 @dataclass(frozen=True)
 class Budget:
-    """Per-layer visual token vectors (README §2.2)."""
+    """Per-layer visual token vectors (docs/methods.md §2.2)."""
 
     kv: tuple[int, ...]  # visual keys visible to non-visual queries
     attn_q: tuple[int, ...]  # visual attention query rows
@@ -300,13 +300,13 @@ def budget(g: Geometry, schedule: Sequence[LayerWork]) -> Budget:
 
 
 def layer_average(schedule: Sequence[LayerWork]) -> float:
-    """Layer-averaged visual tokens T̄ = (1/L)·Σ_l n_l, n_l = visual keys text sees (README §2.2)."""
+    """Layer-averaged visual tokens T̄ = (1/L)·Σ_l n_l, n_l = visual keys text sees (docs/methods.md §2.2)."""
     return sum(w.v_k if w.f_tv > 0 else 0 for w in schedule) / len(schedule)
 
 
 @dataclass(frozen=True)
 class FlopsReport:
-    """One prefill, split into lines (flops.md §1, §2.6). Every line is a `Compute` (MACs and FLOPs)."""
+    """One prefill, split into lines (docs/flops.md §1, §2.6). Every line is a `Compute` (MACs and FLOPs)."""
 
     geometry: str
     convention: str
@@ -416,10 +416,10 @@ def analyze(
 
 
 def decode_step(g: Geometry, schedule: Sequence[LayerWork], generated: int = 0) -> Compute:
-    """MACs of one decode step after prefill (flops.md §1: reported separately, per token).
+    """MACs of one decode step after prefill (docs/flops.md §1: reported separately, per token).
 
     The new token is an ordinary query; layer l's cache holds t + visual K/V of that layer
-    (flops.md §4) + ``generated`` earlier tokens. LM head on the one row included.
+    (docs/flops.md §4) + ``generated`` earlier tokens. LM head on the one row included.
     """
     h, qw, kvw, m = g.hidden, g.q_width, g.kv_width, g.intermediate
     macs = 0.0
@@ -435,39 +435,39 @@ def decode_step(g: Geometry, schedule: Sequence[LayerWork], generated: int = 0) 
 
 
 def f2_macs(n: float, h: int, m: int) -> float:
-    """FastV per-layer F2(n) = 4nh² + 2n²h + 2nhm (MACs; flops.md §2.1)."""
+    """FastV per-layer F2(n) = 4nh² + 2n²h + 2nhm (MACs; docs/flops.md §2.1)."""
     return 4 * n * h * h + 2 * n * n * h + 2 * n * h * m
 
 
 def f3_macs(n: float, h: int, m: int) -> float:
-    """Three-matrix F3(n) = 4nh² + 2n²h + 3nhm (MACs; flops.md §2.2)."""
+    """Three-matrix F3(n) = 4nh² + 2n²h + 3nhm (MACs; docs/flops.md §2.2)."""
     return 4 * n * h * h + 2 * n * n * h + 3 * n * h * m
 
 
 def shortv_dense_flops(t: float, v: float, h: int, m: int) -> float:
-    """ShortV D(t, v) = 2(t+v)(4h+3m)h + 4(t+v)²h (FLOPs; flops.md §2.3)."""
+    """ShortV D(t, v) = 2(t+v)(4h+3m)h + 4(t+v)²h (FLOPs; docs/flops.md §2.3)."""
     return 2 * (t + v) * (4 * h + 3 * m) * h + 4 * (t + v) ** 2 * h
 
 
 def shortv_frozen_flops(t: float, v: float, h: int, m: int) -> float:
-    """ShortV S(t, v) = 2t(4h+3m)h + 4vh² + 4t(t+v)h (FLOPs; flops.md §2.3)."""
+    """ShortV S(t, v) = 2t(4h+3m)h + 4vh² + 4t(t+v)h (FLOPs; docs/flops.md §2.3)."""
     return 2 * t * (4 * h + 3 * m) * h + 4 * v * h * h + 4 * t * (t + v) * h
 
 
 def vica_visual_flops(g: Geometry, k: float, t: int = 64) -> float:
-    """V_C(k) = L·[2k(4h+3m)h + 4k²h + 4·t·k·h] (FLOPs; flops.md §2.4)."""
+    """V_C(k) = L·[2k(4h+3m)h + 4k²h + 4·t·k·h] (FLOPs; docs/flops.md §2.4)."""
     h, m = g.hidden, g.intermediate
     return g.layers * (2 * k * (4 * h + 3 * m) * h + 4 * k * k * h + 4 * t * k * h)
 
 
 def yopo_visual_flops(g: Geometry, v: float) -> float:
-    """V_Y(v) = L·[2v(4h+3m)h + 4v²h] (FLOPs; flops.md §2.4)."""
+    """V_Y(v) = L·[2v(4h+3m)h + 4v²h] (FLOPs; docs/flops.md §2.4)."""
     h, m = g.hidden, g.intermediate
     return g.layers * (2 * v * (4 * h + 3 * m) * h + 4 * v * v * h)
 
 
 def equiv_tokens(g: Geometry, visual_flops: float, t: int = 64) -> float:
-    """FLOPs-equivalent visual tokens k* with V_C(k*) = ``visual_flops`` (flops.md §2.4).
+    """FLOPs-equivalent visual tokens k* with V_C(k*) = ``visual_flops`` (docs/flops.md §2.4).
 
     V_C is quadratic in k: 4Lh·k² + L·(2(4h+3m)h + 4th)·k - F = 0; the positive root.
     """
@@ -478,13 +478,13 @@ def equiv_tokens(g: Geometry, visual_flops: float, t: int = 64) -> float:
 
 
 def fastv_reduction(g: Geometry, k: int, n: int, n_hat: int) -> float:
-    """FastV's saving 1 - [K·F2(n) + (L-K)·F2(n̂)] / [L·F2(n)] (flops.md §2.1)."""
+    """FastV's saving 1 - [K·F2(n) + (L-K)·F2(n̂)] / [L·F2(n)] (docs/flops.md §2.1)."""
     h, m, L = g.hidden, g.intermediate, g.layers
     return 1 - (k * f2_macs(n, h, m) + (L - k) * f2_macs(n_hat, h, m)) / (L * f2_macs(n, h, m))
 
 
 # --------------------------------------------------------------------------------------------------
-# Method schedules (seed-methods.md §2-6, baselines.md §2)
+# Method schedules (docs/seed-methods.md §2-6, docs/baselines.md §2)
 # --------------------------------------------------------------------------------------------------
 
 # ShortV App. B Table 8: frozen layers in replacement order (ascending LC); N = prefix length.
@@ -499,19 +499,19 @@ SHORTV_LAYERS: dict[str, tuple[int, ...]] = {
     ),
 }  # fmt: skip
 
-# ViCA T2V layers (seed-methods.md §2.2).
+# ViCA T2V layers (docs/seed-methods.md §2.2).
 VICA_T2V: dict[str, tuple[int, ...]] = {
     "mobilellama-2.7b": (0, 1, 14, 15, 18, 19, 21, 22, 23),
     "llava-1.5-7b": (0, 1, 7, 8, 9, 10, 11, 14),
     "llava-1.5-13b": (0, 6, 8, 9, 10, 13, 14, 16),
 }
 
-# ViCA's 7B checkpoint never queries the system prefix in prefill (seed-methods.md §2.6).
+# ViCA's 7B checkpoint never queries the system prefix in prefill (docs/seed-methods.md §2.6).
 VICA_SYSTEM_QUERIES: dict[str, bool] = {"llava-1.5-7b": False}
 
 # Kept heads per layer of YOPO's shipped head masks (`LLaVA/headmask/headmask_*.npy` in
 # ZhangAIPI/YOPO_MLLM_Pruning @ f0783f4; row sums of the boolean [L, H] arrays). The 7B rows equal
-# seed-methods.md §3.2; the 13B rows were read from the same files.
+# docs/seed-methods.md §3.2; the 13B rows were read from the same files.
 HEADMASK_KEPT: dict[str, tuple[int, ...]] = {
     "headmask_7b_8": (
         32, 32, 0, 0, 1, 0, 1, 0, 4, 3, 5, 5, 10, 8, 18, 11, 9, 10, 9, 11, 15, 11, 11, 6, 11, 7, 10, 1,
@@ -543,7 +543,7 @@ HEADMASK_KEPT: dict[str, tuple[int, ...]] = {
     ),
 }  # fmt: skip
 
-# seebench PDrop defaults for 192 / 128 / 64 layer-averaged tokens (baselines.md §2.2).
+# seebench PDrop defaults for 192 / 128 / 64 layer-averaged tokens (docs/baselines.md §2.2).
 PDROP_DEFAULTS: dict[int, tuple[tuple[int, ...], float]] = {
     192: ((8, 16, 24), 0.25),
     128: ((2, 8, 16), 0.42),
@@ -584,7 +584,7 @@ def fastv(
 
 
 def fastv_keep_for_layer_avg(g: Geometry, target: float, k: int = 2) -> int:
-    """Kept count x with (K·v + (L-K)·x) / L = target (README §2.2: 192/128/64 -> 166/98/30)."""
+    """Kept count x with (K·v + (L-K)·x) / L = target (docs/methods.md §2.2: 192/128/64 -> 166/98/30)."""
     return round((target * g.layers - k * g.v) / (g.layers - k))
 
 
@@ -607,7 +607,7 @@ def pdrop_counts(g: Geometry, layer_list: Sequence[int], lam: float) -> list[int
 def pdrop(
     g: Geometry, layer_list: Sequence[int] = (8, 16, 24), lam: float = 0.5, t: int | None = None
 ) -> Schedule:
-    """PDrop (baselines.md §2.2); defaults λ = 0.5 at [8, 16, 24] (layer average 270)."""
+    """PDrop (docs/baselines.md §2.2); defaults λ = 0.5 at [8, 16, 24] (layer average 270)."""
     return in_llm(g, pdrop_counts(g, layer_list, lam), t)
 
 
@@ -618,7 +618,7 @@ def shortv(
     t: int | None = None,
     extend: bool = False,
 ) -> Schedule:
-    """ShortV: visual tokens frozen in N layers (v_q = 0, v_k = v there; seed-methods.md §4.2).
+    """ShortV: visual tokens frozen in N layers (v_q = 0, v_k = v there; docs/seed-methods.md §4.2).
 
     ``layers`` explicit, else the first ``n`` of the backbone's published list (all of it if None).
     The published lists stop at the paper's N (19 / 24); ``extend=True`` allows a larger ``n`` by
@@ -647,7 +647,7 @@ def vica(
     t: int | None = None,
     system_queries: bool | None = None,
 ) -> Schedule:
-    """ViCA: visual tokens never queried nor through the FFN; K/V only in T2V layers (seed-methods §2.3).
+    """ViCA: visual tokens never queried nor through the FFN; K/V only in T2V layers (docs/seed-methods.md §2.3).
 
     ``system_queries`` False = the 7B checkpoint's quirk (S rows are never attention queries; their
     Q/O and attention rows vanish, FFN kept). Default per checkpoint (`VICA_SYSTEM_QUERIES`).
@@ -666,7 +666,7 @@ def vica_pdrop(
     t2v_layers: Sequence[int] | None = None,
     t: int | None = None,
 ) -> Schedule:
-    """ViCA + PDrop: T2V layers see only the visual tokens PDrop keeps at that depth (seed-methods §2.8).
+    """ViCA + PDrop: T2V layers see only the visual tokens PDrop keeps at that depth (docs/seed-methods.md §2.8).
 
     The published combination's schedule is unknown; this takes an explicit PDrop schedule.
     """
@@ -686,9 +686,9 @@ def yopo(
     window_borders: bool = False,
     grid: int = 24,
 ) -> Schedule:
-    """YOPO (seed-methods.md §3; flops.md §2.4).
+    """YOPO (docs/seed-methods.md §3; docs/flops.md §2.4).
 
-    ``paper`` (= the derived model of flops.md §2.4, also `yopo_textonly`): for l < K_cut visual rows use
+    ``paper`` (= the derived model of docs/flops.md §2.4, also `yopo_textonly`): for l < K_cut visual rows use
     kept heads only (Q, K, V, O x f_l), see w² window keys + s system keys, FFN width m/r; non-visual rows
     see visual keys in kept heads; from K_cut on no visual computation at all.
     ``reference``: the released simulation's drop-mode cost: visual K in all heads, V only in kept
@@ -728,8 +728,8 @@ def yopo(
 def saisa(g: Geometry, vision_width: int | None = None, t: int | None = None) -> Schedule:
     """SAISA: visual-frozen attention in every layer, visual K/V from a per-layer projector P_l(f).
 
-    P_l = Linear(D_v -> h), GELU, Linear(h -> h) on the v raw patch features (seed-methods.md §5.2),
-    counted as the separate line ``decoder_projectors`` (flops.md §1). The global LLaVA projector is
+    P_l = Linear(D_v -> h), GELU, Linear(h -> h) on the v raw patch features (docs/seed-methods.md §5.2),
+    counted as the separate line ``decoder_projectors`` (docs/flops.md §1). The global LLaVA projector is
     dead computation in SAISA (layer 0 overwrites its output): report with ``analyze(...,
     projector_rows=0)``.
     """
@@ -740,7 +740,7 @@ def saisa(g: Geometry, vision_width: int | None = None, t: int | None = None) ->
 
 
 def naavit(g: Geometry, t: int | None = None) -> Schedule:
-    """NAAViT: visual tokens never queried, FFN kept, K/V from the current state (seed-methods.md §6)."""
+    """NAAViT: visual tokens never queried, FFN kept, K/V from the current state (docs/seed-methods.md §6)."""
     t, v = _t(g, t), g.v
     return [LayerWork(t=t, v_q=0, v_k=v, v_ffn=v) for _ in range(g.layers)]
 
@@ -774,7 +774,7 @@ PAPER_BACKBONES = (
     "qwen2-vl-7b",
 )
 
-# Published values (TFLOPs) that the analytic model must reproduce (flops.md §3; LLaVA-1.5-7B only).
+# Published values (TFLOPs) that the analytic model must reproduce (docs/flops.md §3; LLaVA-1.5-7B only).
 _PUBLISHED: dict[tuple[str, str, str], tuple[dict[str, float], str]] = {
     ("llava-1.5-7b", "dense", "576 tokens"): (
         {"tflops": 8.5, "tflops_visual_yopo": 7.63, "tflops_visual_vica": 7.65},
@@ -809,7 +809,7 @@ _SHORTV_SWEEP: dict[str, tuple[int, ...]] = {
 }
 _VTW_K = {"llava-1.5-7b": 16, "llava-1.5-13b": 20, "llava-next-7b": 16, "llava-next-13b": 20}
 # YOPO settings with a computable per-layer head count (the released checkpoints' settings are unknown,
-# seed-methods.md §3.5): 7B 25% = the derived candidate of flops.md §3; 13B = the flags of
+# docs/seed-methods.md §3.5): 7B 25% = the derived candidate of docs/flops.md §3; 13B = the flags of
 # `finetune_yopo.sh` (headcut 30, layercut 20), a candidate only.
 _YOPO: dict[str, tuple[str, str, int, str]] = {
     "llava-1.5-7b": (

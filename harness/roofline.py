@@ -4,7 +4,7 @@ Why. A FLOPs ratio says how much arithmetic a method removes; it says nothing ab
 traffic* remains. A layer that touches few rows still has to stream all of its weights from memory, so
 on a GPU at batch 1 a pruned layer is limited by bandwidth long before it is limited by arithmetic.
 Comparing a measured speed-up against the FLOPs ratio alone then makes a physically impossible target
-look like a shortfall. This module gives the second yardstick (research note gpu-executor.md, §4).
+look like a shortfall. This module gives the second yardstick (docs/latency.md §4).
 
 Model. Each decoder layer l is a roofline of its own::
 

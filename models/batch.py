@@ -170,7 +170,7 @@ def apply_reduction(batch: Batch, reduced: list, mode: str = "drop") -> Batch:
 
     Drop mode: the sequence shrinks to [system][k visual][text], left-padded again.  Mask mode: the
     full length stays; the k tokens fill the first visual slots and the freed slots become padding
-    (masked everywhere).  1-D positions are renumbered 0..n-1 over the real tokens (README 2.3);
+    (masked everywhere).  1-D positions are renumbered 0..n-1 over the real tokens (docs/methods.md §2.3);
     M-RoPE ids keep the original 3-D ids of each token's anchor (the spec's recorded deviation).
     The new layout is worked out on the host from the old one and each reducer output's shape; the
     device only gathers and concatenates (no device value is read).

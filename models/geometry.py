@@ -4,7 +4,7 @@ A `Geometry` carries everything the analytic FLOPs model (`harness.flops_analyti
 build the matching Hugging Face config at full size (`hf_config`), so that a model can be instantiated
 under `FakeTensorMode` (no memory allocated) and its operations counted.
 
-Token-count conventions (docs/methods/flops.md §1, README.md §2.1):
+Token-count conventions (docs/flops.md §1, docs/methods.md §2.1):
 
 - ``v``: visual tokens that enter the decoder.
   LLaVA-1.5: 576 (24 x 24 CLIP patches, CLS dropped).
@@ -18,7 +18,7 @@ Token-count conventions (docs/methods/flops.md §1, README.md §2.1):
   <|vision_start|>``; YOPO's hard-coded Qwen2-VL prefix).
 - ``t``: **all non-visual prompt tokens**, S + T (system prefix plus the text after the image).
   Default 64, the value ShortV fixes in its tables and ViCA uses in its visual-side column
-  (flops.md §2.3-2.4). The text after the image is therefore ``t - s`` (29 for LLaVA-1.5).
+  (docs/flops.md §2.3-2.4). The text after the image is therefore ``t - s`` (29 for LLaVA-1.5).
 """
 
 from __future__ import annotations

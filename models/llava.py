@@ -3,7 +3,7 @@
 The vision tower is run layer by layer up to the feature layer the model uses: LLaVA-1.5 reads
 the output of encoder layer -2, so the last encoder layer is never computed here (the HF model
 computes it and throws it away).  The saving is recorded as ``vision_layers_run`` /
-``vision_layers_total`` so FLOPs counts and the analytic model agree (flops.md).
+``vision_layers_total`` so FLOPs counts and the analytic model agree (docs/flops.md).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A method has a registry name, a stage (``pre-llm`` reducers change the visual to
 layer 0, ``structural`` methods change what visual tokens do inside layers, ``in-llm`` methods
 drop visual tokens at chosen layers), validated parameters with defaults, and says whether it
 needs its own weights.  Stacks compose in the order pre-llm -> structural -> in-llm
-(design.md section 4).  ``baselines/registry.py`` maps names to these classes.
+(docs/design.md §4).  ``baselines/registry.py`` maps names to these classes.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import torch
 
 @dataclass
 class LayerStats:
-    """Visual-token budget of one layer, per sample (README section 2.2)."""
+    """Visual-token budget of one layer, per sample (docs/methods.md §2.2)."""
 
     present: list[int]  # visual tokens carried into the layer
     attn_q: list[int]  # visual tokens that are attention queries

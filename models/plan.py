@@ -2,7 +2,7 @@
 
 A method is a rule about the visual tokens; the executor (``executor.py``) carries the rule out.
 A :class:`VisualPlan` is one :class:`LayerPlan` per decoder layer.  Each field answers one
-question about layer ``l`` (design.md section 3; methods/seed-methods.md section 1):
+question about layer ``l`` (docs/design.md §3; docs/seed-methods.md §1):
 
 ==================  ===========================================================================
 field               meaning
@@ -30,7 +30,7 @@ drop_after          a :class:`Selector` scored inside this layer; the layer itse
 ==================  ===========================================================================
 
 Positions: a selector carries its position policy (``keep`` original ids, or ``renumber`` the
-surviving tokens 0..n-1 per sample), README section 2.3.  Plans are plain frozen dataclasses so
+surviving tokens 0..n-1 per sample), docs/methods.md §2.3.  Plans are plain frozen dataclasses so
 that they hash, compare and print.
 """
 
@@ -104,7 +104,7 @@ class KeepVisual:
 @dataclass(frozen=True)
 class TopKByLastAttention:
     """Keep the ``k`` present visual tokens with the largest attention from the last prompt
-    token (mean over heads).  Ties break toward the lower index (README section 2.4 rule 4)."""
+    token (mean over heads).  Ties break toward the lower index (docs/methods.md §2.4 rule 4)."""
 
     k: int
     positions: PositionPolicy = "keep"
@@ -188,7 +188,7 @@ class VisualPlan:
     layers: tuple[LayerPlan, ...]
     name: str = "custom"
     #: pre-LLM reducer: ``reduce(backbone, batch) -> list[ReducedVisual]`` (one per sample), applied
-    #: before layer 0; the reduced tokens are renumbered (README 2.3) and, in mask mode, laid out in
+    #: before layer 0; the reduced tokens are renumbered (docs/methods.md §2.3) and, in mask mode, laid out in
     #: the full-length sequence with the freed visual slots masked
     reducer: Any = None
 

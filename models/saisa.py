@@ -3,7 +3,7 @@
 Layer l overwrites the visual states with P_l(f) = Linear(d_vis -> h) -> GELU -> Linear(h -> h)
 before its input norm; visual tokens are keys/values only (no query, no FFN); the global LLaVA
 projector's output is dead (layer 0 overwrites it), so this backbone skips it.  Visual K/V are cached
-in every layer.  (seed-methods.md section 5.2)
+in every layer.  (docs/seed-methods.md §5.2)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Dense equivalence: executor == HF forward and HF generate (design.md section 3)."""
+"""Dense equivalence: executor == HF forward and HF generate (docs/design.md §3)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Analytic FLOPs model: published numbers (flops.md §3), identities, budgets, FakeTensor cross-check."""
+"""Analytic FLOPs model: published numbers (docs/flops.md §3), identities, budgets, FakeTensor cross-check."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def visual(schedule, which, g=G7):
 
 
 # ------------------------------------------------------------------------------------------------
-# flops.md §3: LLaVA-1.5-7B worked numbers
+# docs/flops.md §3: LLaVA-1.5-7B worked numbers
 # ------------------------------------------------------------------------------------------------
 
 DENSE_7B = 8.504
@@ -137,7 +137,7 @@ def test_yopo_25_percent():
     x = visual(sched, "yopo")
     assert round(x, 3) == 1.916 and printed(x, 1.91)  # YOPO Table 2 prints 1.91 (truncated)
     assert round(100 * x / visual(dense(G7), "yopo")) == 25
-    # flops.md §3 note: headmask_7b_16 with K_cut = 8 gives 0.896, not the published 0.92
+    # docs/flops.md §3 note: headmask_7b_16 with K_cut = 8 gives 0.896, not the published 0.92
     assert round(visual(yopo(G7, "headmask_7b_16", k_cut=8), "yopo"), 3) == 0.896
     assert math.floor(equiv_tokens(G7, 0.92e12)) == 70  # YOPO's "Token" in ViCA Table 1 (k* = 70.6)
 
@@ -159,7 +159,7 @@ def test_saisa_claim():
 
 
 # ------------------------------------------------------------------------------------------------
-# Identities (flops.md §2)
+# Identities (docs/flops.md §2)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -200,7 +200,7 @@ def test_exact_uses_actual_t_and_computed_rectangles():
     g = G7.with_tokens(t=35 + 40)
     assert analyze(g, dense(g), "exact").t == 75
     assert analyze(g, dense(g), "shortv").t == 64
-    # a drop-mode executor that queries S over S only and T over everything (ViCA FA pitfall, §2.5)
+    # a drop-mode executor that queries S over S only and T over everything (ViCA FA pitfall, docs/seed-methods.md §2.5)
     calls = (AttnCall(35, 35), AttnCall(40, 75 + 576))
     w = LayerWork(t=75, v_k=576, attn_calls=calls)
     c = layer_count(g, w, "exact")
@@ -237,7 +237,7 @@ def test_qwen2_vl_gqa_counts():
 
 
 # ------------------------------------------------------------------------------------------------
-# Budgets (README §2.2, baselines.md §2.2)
+# Budgets (docs/methods.md §2.2, docs/baselines.md §2.2)
 # ------------------------------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ def test_models_import_as_harness_models():
 
 
 def test_models_never_import_harness_instrument():
-    """design.md section 2: models/ never imports harness/ (only harness.models itself)."""
+    """docs/design.md §2: models/ never imports harness/ (only harness.models itself)."""
     bad = []
     for py in (ROOT / "models").rglob("*.py"):
         for line in py.read_text().splitlines():

@@ -13,7 +13,7 @@ committed tiny checkpoint (144 patches, feature layer -1).
 Where the official code is written for LLaVA-1.5 only (hard-coded layer 23 / hidden_states[-2]), the
 reference reads "the layer LLaVA takes its features from" (``vision_feature_layer``) and "the last
 layer" instead; seebench's budget split (VisionZip 54 : 10), fixed-k mode (PruMerge+) and merge
-schedule (ToMe) are restated from baselines.md as the spec defines them.
+schedule (ToMe) are restated from docs/baselines.md (§3.2, §3.4, §3.7) as the spec defines them.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def vispruner_ref(bb, cp, k, important_ratio=0.5):
 
 
 def uniform_grid(n: int, budget: int) -> list[int]:
-    """seebench's fixed-k spatial samples (baselines.md 3.4): a square grid of stride
+    """seebench's fixed-k spatial samples (docs/baselines.md §3.4): a square grid of stride
     round(sqrt(n / budget)) over the side x side patches."""
     side = round(n**0.5)
     stride = max(1, round((n / budget) ** 0.5))
@@ -220,7 +220,7 @@ def prumerge_plus_ref(bb, cp, k, neighbours=32):
 
 
 def tome_merge_schedule(merges: int, layers: int) -> list[int]:
-    """seebench's schedule (baselines.md 3.7): even split, the earlier layers take the remainder."""
+    """seebench's schedule (docs/baselines.md §3.7): even split, the earlier layers take the remainder."""
     return [merges // layers + (1 if i < merges % layers else 0) for i in range(layers)]
 
 

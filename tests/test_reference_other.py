@@ -14,9 +14,9 @@ Sources the references restate:
   ``LlavaMetaForCausalLM.encode_images`` (similarity, relevance, kernel, fast greedy DPP MAP) and
   ``llava/model/multimodal_encoder/clip_encoder.py``: ``CLIPVisionTower.forward`` (77-token text
   chunks -> one text embedding per chunk; image embeds = post_layernorm + visual_projection).
-- VTW: the paper's rule (arXiv 2405.05803; baselines.md 2.5): visual tokens take part in layers
+- VTW: the paper's rule (arXiv 2405.05803; docs/baselines.md §2.5): visual tokens take part in layers
   0..K-1 only (no queries, no K/V, no FFN, no KV-cache entries from layer K on).
-- random: seebench's own control (baselines.md 3.8 and the method's docstring): k of the visual
+- random: seebench's own control (docs/baselines.md §3.8 and the method's docstring): k of the visual
   tokens drawn uniformly without replacement from a generator seeded by hash(seed, sample id);
   layer 0 = pre-LLM style (positions renumbered), a later layer = in-LLM (positions kept).
 """
@@ -276,7 +276,7 @@ def test_random_matches_its_rule(request, which, layer, budget):
     # nothing is dropped before the chosen layer
     if layer > 0:
         assert kept_after(bb, batch, plan, layer) == [list(range(n)) for n in counts]
-    # positions (README 2.3): renumbered when dropped before layer 0, kept in-LLM; Qwen2-VL keeps its
+    # positions (docs/methods.md §2.3): renumbered when dropped before layer 0, kept in-LLM; Qwen2-VL keeps its
     # 3-D M-RoPE ids for every method
     out = Executor(bb).prefill(batch, plan, cache_extra=1)
     dense = Executor(bb).prefill(batch, VisualPlan.dense(bb.num_layers), cache_extra=1)

@@ -1,5 +1,5 @@
 """SparseVLM (v1.0): raters, kept indices and recycled tokens re-derived by hand from the rule
-(baselines.md 2.3) on the random LLaVA-1.5 model; schedules, positions, batching and knob errors."""
+(docs/baselines.md §2.3) on the random LLaVA-1.5 model; schedules, positions, batching and knob errors."""
 
 import math
 from dataclasses import replace

@@ -19,7 +19,7 @@ whitespace pre-tokenizer cannot keep it)::
     V (visual, 144 tokens after expansion): "<image>"
     T (text): "{question} ASSISTANT :"
 
-so ``system`` tokens exist as a class, as in LLaVA-1.5 (methods README 2.1).
+so ``system`` tokens exist as a class, as in LLaVA-1.5 (docs/methods.md §2.1).
 
 ``<s>`` is added by the tokenizer, not written in the text (:func:`build_prompt` leaves it out). After
 the processor expands ``<image>`` there are 144 visual tokens (12 x 12 patches of 8 px, CLS dropped by
