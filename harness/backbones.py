@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
-from harness.models.backbone import Backbone, BackboneError, load_backbone
-from harness.models.random_models import RANDOM_FAMILIES, build_random
+from harness.models.backbones.base import Backbone, BackboneError
+from harness.models.backbones.loading import load_backbone
+from harness.models.backbones.random import RANDOM_FAMILIES, build_random
 
 from .errors import HarnessError
 
@@ -29,7 +30,8 @@ def open_backbone(model: str, dtype: str = "float32", device: str = "cpu") -> Ba
                 raise BackboneError(str(exc)) from None
             return load_backbone(str(path), dtype=DTYPES[dtype], device=device)
         if model.startswith("synthetic:"):
-            from .latency import GEOMETRIES, synthetic_backbone
+            from harness.models.backbones.synthetic import SYNTHETIC_TOKEN_LAYOUTS as GEOMETRIES
+            from harness.models.backbones.synthetic import synthetic_backbone
 
             geometry, *opts = model.split(":")[1:]
             if geometry not in GEOMETRIES:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.models.backbone import Backbone, collate
+from harness.models.backbones.base import Backbone, collate
 from harness.models.batch import TokenType
 from harness.models.executor import Executor
 from harness.models.plan import KV_ONLY, VisualPlan

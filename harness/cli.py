@@ -54,7 +54,7 @@ def _positive(name: str):
 
 # ------------------------------------------------------------------ verify
 def cmd_verify(args: argparse.Namespace) -> int:
-    from harness.models.random_models import ragged_samples
+    from harness.models.backbones.random import ragged_samples
     from harness.models.verify import checkpoint_samples, verify_dense
 
     from .backbones import open_backbone
@@ -293,12 +293,14 @@ def cmd_latency(args: argparse.Namespace) -> int:
     import torch
 
     from harness.baselines.registry import build_stack
-    from harness.models.backbone import collate
+    from harness.models.backbones.base import collate
+    from harness.models.backbones.synthetic import SYNTHETIC_TOKEN_LAYOUTS as GEOMETRIES
+    from harness.models.backbones.synthetic import synthetic_backbone, synthetic_batch
     from harness.models.method import MethodError
 
     from . import environment
     from .backbones import DTYPES
-    from .latency import GEOMETRIES, TimingConfig, measure, synthetic_backbone, synthetic_batch
+    from .latency import TimingConfig, measure
     from .scenarios import verify_inputs
 
     chosen = [x for x in (args.geometry, args.model, args.random) if x]

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from harness.models.backbone import Backbone
+from harness.models.backbones.base import Backbone
 from harness.models.batch import Batch, TokenType
 from harness.models.executor import Executor, LayerStats
 from harness.models.geometry import Geometry, VisionGeometry

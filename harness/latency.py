@@ -31,25 +31,17 @@ from typing import Any
 
 import torch
 
-from harness.models.backbone import Backbone, wrap
-from harness.models.batch import Batch, TokenType
+from harness.models.backbones.base import Backbone
+from harness.models.batch import Batch
 from harness.models.cuda_graphs import GraphedDecode, GraphedPrefill, GraphError, require_cuda
 from harness.models.executor import Executor
 from harness.models.plan import VisualPlan
-from harness.models.random_models import randomize_norms
 
 from . import flops_analytic as fa
 from . import roofline
 from .flops import geometry_of, schedule_from_plan, selector_overhead
 from .opcount import count_call
 from .reference import HFReference, attention_implementation, using_attention
-
-#: token geometries of the published backbones (system prefix, visual, text after the image)
-GEOMETRIES: dict[str, dict[str, int]] = {
-    "llava-1.5": {"s": 35, "v": 576, "t": 29, "grid": 24},
-    "llava-next": {"s": 35, "v": 2880, "t": 29, "grid": 24},
-    "qwen2-vl": {"s": 15, "v": 256, "t": 49, "grid": 16},
-}
 
 
 @dataclass
@@ -152,87 +144,6 @@ def peak_memory_mib(device: torch.device) -> float:
     if device.type == "cuda":  # pragma: no cover - needs a GPU
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-# ------------------------------------------------------------------ synthetic geometry
-def synthetic_backbone(
-    geometry: str, layers: int = 8, hidden: int = 1024, heads: int = 8, kv_heads: int | None = None,
-    ffn: int | None = None, vocab: int = 32064, seed: int = 0, architecture: str = "llava",
-) -> Backbone:  # fmt: skip
-    """A random-init Llama decoder (LLaVA wrapper) at reduced width and depth for timing;
-    ``architecture="saisa"`` adds random per-layer projectors from the CLIP width (SAISA)."""
-    import transformers
-
-    if geometry not in GEOMETRIES:
-        raise ValueError(f"unknown geometry '{geometry}': use one of {', '.join(GEOMETRIES)}")
-    torch.manual_seed(seed)
-    ffn = ffn or int(round(hidden * 11008 / 4096 / 64)) * 64
-    kv_heads = kv_heads or (heads if geometry != "qwen2-vl" else max(1, heads // 4))  # Qwen2-VL is GQA
-    if geometry == "llava-1.5":
-        # CLIP ViT-L/14-336 width and patch grid (24 x 24), two layers: the feature layer (-2) and the
-        # unused last one.  The tower never runs in a timed pass; its weights serve the pre-LLM
-        # methods that read the ViT's CLS attention or keys (VisionZip, FasterVLM, ...).
-        vision = dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096, num_hidden_layers=2,
-                      num_attention_heads=16, image_size=336, patch_size=14)  # fmt: skip
-    else:
-        vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, image_size=28, patch_size=14)  # fmt: skip
-    cfg = transformers.LlavaConfig(
-        vision_config=vision,
-        text_config=dict(model_type="llama", hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
-                         max_position_embeddings=8192),
-        image_token_index=vocab - 1,
-    )  # fmt: skip
-    model = randomize_norms(transformers.LlavaForConditionalGeneration(cfg).float().eval())
-    model.config._attn_implementation = "sdpa"
-    bb = wrap(model, source=f"synthetic:{geometry}:L{layers}h{hidden}", weights="random-init")
-    if architecture == "saisa":
-        from harness.models.saisa import with_random_projectors
-
-        bb = with_random_projectors(bb)
-    bb.synthetic_geometry = geometry  # type: ignore[attr-defined]
-    return bb
-
-
-def synthetic_batch(bb: Backbone, geometry: str, batch_size: int, seed: int = 0) -> Batch:
-    """[system][visual][text] with random embeddings at the geometry's token counts."""
-    g = GEOMETRIES[geometry]
-    s, v, t, grid = g["s"], g["v"], g["t"], g["grid"]
-    n = s + v + t
-    gen = torch.Generator().manual_seed(seed)
-    embeds = torch.randn(batch_size, n, bb.hidden_size, generator=gen) * 0.5
-    extras: dict = {}
-    vc = bb.config.vision_config
-    if geometry == "llava-1.5" and (vc.image_size // vc.patch_size) ** 2 == v:
-        # random ViT states at the feature layer (CLS + 576 patches), as the LLaVA backbone keeps
-        # them; the visual embeddings are their projection, so CLIP-reading methods and the
-        # decoder see one consistent image
-        with torch.no_grad():
-            # drawn on the CPU generator (the same batch on every device), run where the model is
-            h_in = torch.randn(batch_size, v + 1, vc.hidden_size, generator=gen).to(bb.device, bb.dtype)
-            h_out = bb.model.model.vision_tower.encoder.layers[0](h_in, None)
-            embeds[:, s : s + v] = bb.project(h_out[:, 1:]).to(embeds)
-        extras["clip"] = [
-            {"layer": 0, "h_embed": h_in[i], "h_in": h_in[i], "h_out": h_out[i]} for i in range(batch_size)
-        ]
-        feats = [h_out[i, 1:].to(embeds) for i in range(batch_size)]  # what SAISA's projectors read
-    else:
-        feats = None
-    tt = torch.full((batch_size, n), int(TokenType.TEXT))
-    tt[:, :s] = int(TokenType.SYSTEM)
-    tt[:, s : s + v] = int(TokenType.VISUAL)
-    vidx = torch.full((batch_size, n), -1)
-    vidx[:, s : s + v] = torch.arange(v)
-    coords = torch.full((batch_size, n, 3), -1)
-    j = torch.arange(v)
-    coords[:, s : s + v] = torch.stack([j // (grid * grid), (j // grid) % grid, j % grid], 1)
-    batch = Batch(
-        embeds=embeds, token_type=tt, positions=torch.arange(n).expand(1, batch_size, n).clone(),
-        next_position=torch.full((batch_size,), n), visual_index=vidx, visual_coords=coords,
-        sample_ids=[f"synthetic-{i}" for i in range(batch_size)], extras=extras, vision_features=feats,
-    )  # fmt: skip
-    return batch.to(bb.device, bb.dtype)
 
 
 # ------------------------------------------------------------------ one method vs dense

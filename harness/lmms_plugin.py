@@ -23,7 +23,7 @@ from lmms_eval import utils as lmms_utils
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
-from harness.models.backbone import Backbone
+from harness.models.backbones.base import Backbone
 from harness.models.executor import Executor
 from harness.models.verify import chat_prompt
 

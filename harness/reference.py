@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from harness.models.backbone import Backbone
+from harness.models.backbones.base import Backbone
 from harness.models.batch import Batch
 
 

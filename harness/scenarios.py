@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from harness.models.backbone import Backbone, collate
-from harness.models.random_models import ragged_samples
+from harness.models.backbones.base import Backbone, collate
+from harness.models.backbones.random import ragged_samples
 from harness.models.verify import checkpoint_samples, verify_dense, verify_plan
 
 
@@ -114,7 +114,7 @@ def cell_batch(bb: Backbone, n: int, seed: int):
     """The inputs a timing cell runs: synthetic token geometry, or real (ragged) samples."""
     geometry = getattr(bb, "synthetic_geometry", None)
     if geometry is not None:
-        from .latency import synthetic_batch
+        from harness.models.backbones.synthetic import synthetic_batch
 
         return synthetic_batch(bb, geometry, n, seed)
     samples = verify_inputs(bb, n, seed)

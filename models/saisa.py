@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .llava import LlavaBackbone
+from .backbones.llava import LlavaBackbone
 from .method import Method, MethodError
 from .plan import KV_ONLY, VisualPlan
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backbone import Backbone, collate
+from .backbones.base import Backbone, collate
 from .batch import TokenType
 from .executor import Executor
 from .plan import VisualPlan

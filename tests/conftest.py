@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def random_backbones():
     """One random-init backbone per family, built once per test session."""
-    from harness.models.random_models import RANDOM_FAMILIES, build_random
+    from harness.models.backbones.random import RANDOM_FAMILIES, build_random
 
     return {name: build_random(name) for name in RANDOM_FAMILIES}
 
@@ -21,7 +21,7 @@ def random_backbones():
 def llava576():
     """A random-init LLaVA-1.5 whose CLIP sees 336-pixel images: LLaVA-1.5's 576 patches (feature
     layer -2, CLS dropped), with the small widths of the other random models."""
-    from harness.models.random_models import build_random
+    from harness.models.backbones.random import build_random
 
     return build_random("llava-1.5", image_size=336)
 

@@ -7,7 +7,7 @@ CI runs them once as tests (``--benchmark-disable`` in pytest's addopts).  To me
 
 import pytest
 
-from harness.latency import synthetic_backbone, synthetic_batch
+from harness.models.backbones.synthetic import synthetic_backbone, synthetic_batch
 from harness.models.executor import Executor
 from harness.models.plan import VisualPlan
 from harness.models.plan_spec import parse_plan

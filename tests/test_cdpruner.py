@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 from harness.baselines.cdpruner import dpp_greedy, relevance
 from harness.baselines.registry import build_stack
-from harness.models.backbone import collate
+from harness.models.backbones.base import collate
+from harness.models.backbones.random import ragged_samples
 from harness.models.method import MethodError
-from harness.models.random_models import ragged_samples
 from harness.models.verify import TOLERANCE, verify_plan
 
 
@@ -119,7 +119,7 @@ def test_bad_knobs_one_line(params, message):
 @pytest.fixture(scope="module")
 def tiny_clip(tiny_llava, tmp_path_factory):
     """A local CLIP checkpoint with a random text tower around the tiny model's vision tower."""
-    from harness.models.random_models import save_random_clip
+    from harness.models.backbones.random import save_random_clip
 
     return str(save_random_clip(tiny_llava, tmp_path_factory.mktemp("clip") / "clip"))
 

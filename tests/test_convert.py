@@ -6,9 +6,10 @@ import json
 import pytest
 import torch
 
-from harness.models.backbone import collate, load_backbone
+from harness.models.backbones.base import collate
+from harness.models.backbones.loading import load_backbone
+from harness.models.backbones.random import randomize_norms
 from harness.models.convert import ConvertError, convert_llava_original
-from harness.models.random_models import randomize_norms
 from harness.models.verify import verify_dense, verify_plan
 
 H, LAYERS, VOCAB, DV = 32, 3, 40, 24

@@ -10,9 +10,9 @@ from method_params import CLIP_METHODS, PARAMS
 
 from harness.baselines.registry import build_stack, names
 from harness.cli import main
-from harness.models.backbone import collate
+from harness.models.backbones.base import collate
+from harness.models.backbones.random import build_random, ragged_samples
 from harness.models.executor import Executor
-from harness.models.random_models import build_random, ragged_samples
 
 METHODS = ["dense", "fastv", "pdrop", "visionzip", "divprune", "sparsevlm", "shortv", "plan:t2v=0,2"]
 LATENCY = ["latency", "--geometry", "llava-1.5", "--layers", "2", "--hidden", "128", "--heads", "4",

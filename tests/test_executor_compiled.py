@@ -15,10 +15,10 @@ from method_params import CLIP_METHODS, PARAMS
 from test_executor_modes import hand_made_plans
 
 from harness.baselines.registry import build_stack, names
-from harness.latency import synthetic_backbone, synthetic_batch
-from harness.models.backbone import collate
+from harness.models.backbones.base import collate
+from harness.models.backbones.random import ragged_samples
+from harness.models.backbones.synthetic import synthetic_backbone, synthetic_batch
 from harness.models.executor import Executor
-from harness.models.random_models import ragged_samples
 from harness.models.reference_executor import ReferenceExecutor
 from harness.models.verify import TOLERANCE
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from harness.models.backbone import collate
+from harness.models.backbones.base import collate
+from harness.models.backbones.random import RANDOM_FAMILIES, ragged_samples
 from harness.models.executor import Executor
-from harness.models.random_models import RANDOM_FAMILIES, ragged_samples
 from harness.models.verify import TOLERANCE, verify_dense
 
 FAMILIES = list(RANDOM_FAMILIES)

@@ -5,7 +5,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from harness.models.backbone import collate
+from harness.models.backbones.base import collate
+from harness.models.backbones.random import ragged_samples
 from harness.models.executor import Executor
 from harness.models.plan import (
     DENSE_LAYER,
@@ -15,7 +16,6 @@ from harness.models.plan import (
     TopKByLastAttention,
     VisualPlan,
 )
-from harness.models.random_models import ragged_samples
 from harness.models.verify import TOLERANCE, verify_plan
 
 
@@ -114,7 +114,7 @@ def test_vica_like_plan_caches_visual_kv_only_in_listed_layers(random_backbones)
 def test_topk_selector_keeps_the_highest_scoring_tokens(random_backbones):
     """FastV-like rule: the kept visual tokens are the top-k of the last token's attention at the
     scoring layer, checked against the HF model's own eager attention map."""
-    from harness.models.random_models import build_random
+    from harness.models.backbones.random import build_random
 
     bb = random_backbones["llava-1.5"]
     sample = ragged_samples(bb, 1)[0]

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from harness import flops as fl
+from harness.models.backbones.random import ragged_samples
 from harness.models.plan import VisualPlan
 from harness.models.plan_spec import parse_plan
-from harness.models.random_models import ragged_samples
 
 # one hand-written plan per layer type (4-layer decoders)
 PLANS = {
@@ -28,7 +28,7 @@ PLANS = {
 
 def _tiny_arch():
     """The tiny model's architecture with random weights (FLOPs need no trained weights)."""
-    from harness.models.backbone import wrap
+    from harness.models.backbones.loading import wrap
     from harness.models.tiny.model import TinyConfig, build_model
     from harness.models.tiny.shapes import make_sample
     from harness.models.tiny.tokenizer import build_processor, build_prompt

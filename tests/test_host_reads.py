@@ -10,9 +10,9 @@ import torch
 from method_params import CLIP_METHODS, PARAMS
 
 from harness.baselines.registry import build_stack, names
-from harness.models.backbone import collate
+from harness.models.backbones.base import collate
+from harness.models.backbones.random import ragged_samples
 from harness.models.executor import Executor
-from harness.models.random_models import ragged_samples
 from harness.opcount import count_call, counting
 
 METHODS = [n for n in names()[1:] if n != "saisa"]  # saisa: tests/test_convert.py

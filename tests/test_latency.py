@@ -9,11 +9,10 @@ from harness.latency import (
     Timing,
     TimingConfig,
     measure,
-    synthetic_backbone,
-    synthetic_batch,
     time_call,
     time_interleaved,
 )
+from harness.models.backbones.synthetic import synthetic_backbone, synthetic_batch
 from harness.models.plan_spec import parse_plan
 
 
@@ -187,9 +186,9 @@ def test_hf_reference_is_the_same_model(random_backbones, family):
     HF decoder's prefill and cached decode on the same (ragged) batch give the same logits."""
     import torch
 
-    from harness.models.backbone import collate
+    from harness.models.backbones.base import collate
+    from harness.models.backbones.random import ragged_samples
     from harness.models.executor import Executor
-    from harness.models.random_models import ragged_samples
     from harness.reference import HFReference
 
     bb = random_backbones[family]

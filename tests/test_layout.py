@@ -59,7 +59,7 @@ def test_non_contiguous_visual_tokens_are_one_line_errors():
 
 
 def test_batches_carry_their_layout_to_every_device(random_backbones):
-    from harness.models.random_models import ragged_samples
+    from harness.models.backbones.random import ragged_samples
 
     bb = random_backbones["llava-1.5"]
     batch = bb.encode(ragged_samples(bb, 1)[0])

@@ -8,11 +8,11 @@ from method_params import CLIP_METHODS, PARAMS
 
 from harness.baselines.registry import build_stack, names
 from harness.flops import flops_cell
-from harness.models.backbone import collate
+from harness.models.backbones.base import collate
+from harness.models.backbones.random import ragged_samples
 from harness.models.executor import Executor
 from harness.models.method import MethodError
 from harness.models.plan import DENSE_LAYER, KeepVisual, VisualPlan
-from harness.models.random_models import ragged_samples
 from harness.models.verify import TOLERANCE, verify_plan
 
 METHODS = [n for n in names()[1:] if n != "saisa"]  # saisa needs its own weights: tests/test_convert.py
@@ -61,7 +61,7 @@ def test_fvcore_equals_analytic(random_backbones, name):
 
 
 def _eager_attention(bb, sample, layer):
-    from harness.models.random_models import build_random
+    from harness.models.backbones.random import build_random
 
     eager = build_random(bb.source.split(":")[1])
     eager.model.set_attn_implementation("eager")

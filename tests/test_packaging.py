@@ -42,3 +42,21 @@ def test_models_never_import_harness_instrument():
 
 def test_constraints_pin_torch():
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text().split()
+
+
+def test_backbone_base_imports_no_family_and_no_loader():
+    """models/backbones/base.py is the bottom of the backbone package: it imports none of the
+    families (llava, qwen2_vl) nor the loader that knows them, at module level or inside a function."""
+    import ast
+
+    tree = ast.parse((ROOT / "models" / "backbones" / "base.py").read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            mod = "." * node.level + (node.module or "")
+            imported.add(mod)
+            imported.update(f"{mod}.{a.name}" for a in node.names)
+    bad = {m for m in imported for part in ("llava", "qwen2_vl", "loading") if part in m.split(".")}
+    assert not bad, bad

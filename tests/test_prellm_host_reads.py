@@ -8,9 +8,9 @@ import torch
 from harness.baselines.clip_attention import clip_state, cls_attention
 from harness.baselines.prumerge_plus import PruMergePlus, grid_indices
 from harness.baselines.registry import build_stack
-from harness.latency import synthetic_backbone, synthetic_batch
-from harness.models.backbone import collate
-from harness.models.random_models import build_random, ragged_samples
+from harness.models.backbones.base import collate
+from harness.models.backbones.random import build_random, ragged_samples
+from harness.models.backbones.synthetic import synthetic_backbone, synthetic_batch
 from harness.opcount import counting
 
 METHODS = ["fastervlm", "visionzip", "vispruner", "prumerge_plus", "divprune", "cdpruner", "tome"]

@@ -26,8 +26,8 @@ import torch
 from conftest import of_576, tiny_inputs
 
 from harness.baselines.registry import build_stack
-from harness.models.backbone import collate
-from harness.models.random_models import ragged_samples
+from harness.models.backbones.base import collate
+from harness.models.backbones.random import ragged_samples
 
 BUDGETS = (192, 128, 64)
 METHODS = ("fastervlm", "visionzip", "vispruner", "prumerge_plus", "tome")

@@ -37,10 +37,10 @@ from conftest import of_576, tiny_inputs
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
 from harness.baselines.registry import build_stack
-from harness.models.backbone import collate
+from harness.models.backbones.base import collate
+from harness.models.backbones.random import ragged_samples
 from harness.models.executor import Executor
 from harness.models.plan import KeepVisual
-from harness.models.random_models import ragged_samples
 
 BUDGETS = [192, 128, 64]
 

@@ -30,10 +30,10 @@ import torch
 from conftest import kept_after, of_576, tiny_inputs
 
 from harness.baselines.registry import build_stack
-from harness.models.backbone import collate
+from harness.models.backbones.base import collate
+from harness.models.backbones.random import ragged_samples
 from harness.models.executor import Executor
 from harness.models.plan import VisualPlan
-from harness.models.random_models import ragged_samples
 
 BUDGETS = (192, 128, 64)  # "of 576"
 TEXT = 3  # TokenType.TEXT

@@ -12,8 +12,8 @@ import pytest
 from harness.baselines import registry
 from harness.baselines.registry import METHODS, build_stack, get
 from harness.cli import main
+from harness.models.backbones.random import build_random
 from harness.models.method import MethodError
-from harness.models.random_models import build_random
 
 
 def test_every_entry_resolves_to_a_method_of_that_name():

@@ -10,11 +10,11 @@ import torch
 
 from harness.baselines.registry import build_stack
 from harness.baselines.sparsevlm import SparseVLM, TextRaters, dpc_knn
-from harness.models.backbone import collate
+from harness.models.backbones.base import collate
+from harness.models.backbones.random import build_random, ragged_samples
 from harness.models.executor import Executor
 from harness.models.method import MethodError
 from harness.models.plan import KeepVisual, VisualPlan
-from harness.models.random_models import build_random, ragged_samples
 from harness.models.verify import TOLERANCE, verify_plan
 
 VISUAL, TEXT = 2, 3

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 from harness.baselines.registry import build_stack
 from harness.baselines.tome import bipartite_merge, schedule
-from harness.models.backbone import collate
+from harness.models.backbones.base import collate
+from harness.models.backbones.random import ragged_samples
 from harness.models.method import MethodError
-from harness.models.random_models import ragged_samples
 from harness.models.verify import TOLERANCE, verify_plan
 
 
@@ -125,7 +125,7 @@ def test_quota_beyond_one_round_reaches_the_budget_and_flops_match():
     """The tiny model's ViT (3 layers, 144 patches) cannot reach 16 tokens with one round per
     layer: extra rounds in a layer make up the quota; the FLOPs count still equals the model."""
     from harness.flops import flops_cell
-    from harness.models.backbone import wrap
+    from harness.models.backbones.loading import wrap
     from harness.models.tiny.model import TinyConfig, build_model
     from harness.models.tiny.shapes import make_sample
     from harness.models.tiny.tokenizer import build_processor, build_prompt

@@ -12,9 +12,9 @@ import torch
 
 from harness.baselines.registry import build_stack
 from harness.cli import main
-from harness.models.backbone import load_backbone
+from harness.models.backbones.loading import load_backbone
+from harness.models.backbones.random import randomize_norms
 from harness.models.executor import Executor
-from harness.models.random_models import randomize_norms
 from harness.models.saisa import SaisaBackbone, make_projectors, save_projectors
 from harness.models.tiny import shapes
 from harness.models.tiny import tokenizer as tk

@@ -5,7 +5,7 @@ RMSNorm applied twice in the executor fails ``verify``."""
 import pytest
 
 from harness.models import executor
-from harness.models.random_models import ragged_samples
+from harness.models.backbones.random import ragged_samples
 from harness.models.verify import TOLERANCE, verify_dense
 
 

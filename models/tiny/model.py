@@ -2,7 +2,7 @@
 
 CLIP-style ViT (96 px images, patch 8 -> 144 patch tokens + CLS), a 2-layer MLP projector and a
 Llama decoder with 8 layers.  Saved with ``save_pretrained`` next to the word-level processor,
-so the same loader (``harness.models.backbone.load_backbone``) serves it and real LLaVA
+so the same loader (``harness.models.backbones.loading.load_backbone``) serves it and real LLaVA
 checkpoints.
 """
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from .backbone import Backbone, VisionOutput
-from .batch import Batch, token_types_from_ids, visual_index_from_types
-from .method import MethodError
+from ..batch import Batch, token_types_from_ids, visual_index_from_types
+from ..method import MethodError
+from .base import Backbone, VisionOutput
 
 
 class Qwen2VLBackbone(Backbone):
@@ -47,8 +47,9 @@ class Qwen2VLBackbone(Backbone):
         return VisionOutput(features=feats, embeds=embeds, coords=coords, vision_layers_run=depth,
                             vision_layers_total=depth)  # fmt: skip
 
-    def _with_types(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        kw = {k: v for k, v in inputs.items() if v is not None}
+    def _hf_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """transformers 5.x's ``get_rope_index`` needs ``mm_token_type_ids`` (1 = image token)."""
+        kw = super()._hf_inputs(inputs)
         kw.setdefault("mm_token_type_ids", self.mm_token_type_ids(kw["input_ids"]))
         return kw
 
@@ -57,7 +58,7 @@ class Qwen2VLBackbone(Backbone):
             raise MethodError(
                 f"method '{tower.name}' merges inside the vision tower: it needs a LLaVA-1.5 backbone with a CLIP tower"
             )
-        kw = self._with_types(inputs)
+        kw = self._hf_inputs(inputs)
         input_ids = kw["input_ids"]
         attention_mask = kw.get("attention_mask", torch.ones_like(input_ids))
         b = input_ids.shape[0]
@@ -108,16 +109,13 @@ class Qwen2VLBackbone(Backbone):
             vision_features=feats,
         )
 
-    def hf_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
+    def _reset_hf_state(self) -> None:
+        """The HF model caches M-RoPE deltas across calls; each reference call starts afresh."""
         self.model.model.rope_deltas = None
-        with torch.inference_mode():
-            return self.model(**self._with_types(inputs)).logits.float()
 
-    def hf_generate(self, inputs: dict[str, Any], max_new_tokens: int) -> torch.Tensor:
-        self.model.model.rope_deltas = None
-        kw = self._with_types(inputs)
-        gen = self.model.generate(
-            **kw, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-            do_sample=False, eos_token_id=None, pad_token_id=0,
-        )  # fmt: skip
-        return gen[:, kw["input_ids"].shape[1] :]
+    def collate_images(self, samples: list[dict]) -> dict[str, Any]:
+        """Patches of every image concatenated, with each image's (t, h, w) patch grid."""
+        return {
+            "pixel_values": torch.cat([s["pixel_values"] for s in samples]),
+            "image_grid_thw": torch.cat([s["image_grid_thw"] for s in samples]),
+        }

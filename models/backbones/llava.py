@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
-from .backbone import Backbone, VisionOutput
-from .batch import Batch, TokenType, left_pad_positions, token_types_from_ids, visual_index_from_types
-from .method import MethodError
+from ..batch import Batch, TokenType, left_pad_positions, token_types_from_ids, visual_index_from_types
+from ..method import MethodError
+from .base import Backbone, VisionOutput
 
 
 def _feature_layers(config) -> list[int]:
@@ -28,8 +28,9 @@ class LlavaBackbone(Backbone):
     family = "llava"
 
     # ---- vision
-    def _vision_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        """Selected vision hidden states [n_img, n_tok, d(*k)], layers run, layers total."""
+    def _vision_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, int, int, dict[str, Any]]:
+        """Selected vision hidden states [n_img, n_tok, d(*k)], layers run, layers total, and the
+        CLIP states that pre-LLM methods read (empty for a tower that runs whole)."""
         vt = self.model.model.vision_tower
         layers = _feature_layers(self.config)
         pixel_values = pixel_values.to(self.dtype)
@@ -39,7 +40,7 @@ class LlavaBackbone(Backbone):
             hs = out.hidden_states
             feats = torch.cat([hs[i] for i in layers], dim=-1)
             n = len(hs) - 1
-            return feats, n, n
+            return feats, n, n, {}
         total = len(enc_layers)
         wanted = [i if i >= 0 else total + 1 + i for i in layers]  # index into hidden_states
         h = _tower_input(vt, pixel_values)
@@ -49,11 +50,11 @@ class LlavaBackbone(Backbone):
             states[i + 1] = h
         feats = torch.cat([states[i] for i in wanted], dim=-1)
         w = max(wanted)
-        # kept for pre-LLM methods that read the ViT's own attention (CLS row) or keys: the states
+        # returned for pre-LLM methods that read the ViT's own attention (CLS row) or keys: the states
         # entering and leaving the last layer whose output LLaVA uses (CLS included); and the input
         # of layer 0, from which methods that change the tower's tokens (ToMe) run their own loop
-        self._clip_states = {"layer": w - 1, "h_embed": states[0], "h_in": states[w - 1], "h_out": states[w]}
-        return feats, w, total
+        clip = {"layer": w - 1, "h_embed": states[0], "h_in": states[w - 1], "h_out": states[w]}
+        return feats, w, total, clip
 
     def project(self, feats: torch.Tensor) -> torch.Tensor:
         """Vision features -> LLM input space (the multimodal projector)."""
@@ -91,7 +92,7 @@ class LlavaBackbone(Backbone):
     def vision(self, inputs: dict[str, Any], tower: Any = None) -> VisionOutput:
         if tower is not None:
             return self._merged_vision(inputs["pixel_values"], tower)
-        feats, run, total = self._vision_features(inputs["pixel_values"])
+        feats, run, total, clip = self._vision_features(inputs["pixel_values"])
         feats = self._select(feats)
         embeds = self.project(feats)
         return VisionOutput(
@@ -100,7 +101,7 @@ class LlavaBackbone(Backbone):
             coords=[_grid(int(feats.shape[1]))] * feats.shape[0],
             vision_layers_run=run,
             vision_layers_total=total,
-            extras=dict(getattr(self, "_clip_states", {})),
+            extras=clip,
         )
 
     # ---- batch
@@ -165,24 +166,12 @@ class LlavaBackbone(Backbone):
             },
         )
 
-    def hf_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
-        kw = self._hf_kwargs(inputs)
-        with torch.inference_mode():
-            return self.model(**kw).logits.float()
-
-    def _hf_kwargs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        kw = {k: v for k, v in inputs.items() if v is not None}
+    def _hf_forward_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The forward gets the left-padded samples' own positions (generate finds them itself)."""
+        kw = self._hf_inputs(inputs)
         if "attention_mask" in kw and "position_ids" not in kw:
             kw["position_ids"] = left_pad_positions(kw["attention_mask"])[0]
         return kw
-
-    def hf_generate(self, inputs: dict[str, Any], max_new_tokens: int) -> torch.Tensor:
-        kw = {k: v for k, v in inputs.items() if v is not None}
-        gen = self.model.generate(
-            **kw, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-            do_sample=False, eos_token_id=None, pad_token_id=0,
-        )  # fmt: skip
-        return gen[:, kw["input_ids"].shape[1] :]
 
 
 class LlavaNextBackbone(LlavaBackbone):
@@ -205,7 +194,7 @@ class LlavaNextBackbone(LlavaBackbone):
         ]
         if pixel_values.dim() == 5:
             pixel_values = torch.cat([pv[:n] for pv, n in zip(pixel_values, n_patches, strict=True)], 0)
-        feats, run, total = self._vision_features(pixel_values)
+        feats, run, total, _ = self._vision_features(pixel_values)
         feats = self._select(feats)
         proj = self.model.model.multi_modal_projector(feats)
         per_image = torch.split(proj, n_patches, dim=0)
@@ -228,6 +217,14 @@ class LlavaNextBackbone(LlavaBackbone):
             vision_layers_run=run * sum(n_patches),
             vision_layers_total=total * sum(n_patches),
         )
+
+    def collate_images(self, samples: list[dict]) -> dict[str, Any]:
+        """Anyres tiles: each sample's tiles zero-padded to the batch's largest count, plus the sizes."""
+        p = max(s["pixel_values"].shape[1] for s in samples)
+        pv = torch.zeros(len(samples), p, *samples[0]["pixel_values"].shape[2:])
+        for i, s in enumerate(samples):
+            pv[i, : s["pixel_values"].shape[1]] = s["pixel_values"][0]
+        return {"pixel_values": pv, "image_sizes": torch.cat([s["image_sizes"] for s in samples])}
 
     def _coords(self, n_patch: int, image_size, n_tok: int) -> torch.Tensor:
         """(grid, row, col) per packed token: grid 0 = base image, 1 = unpadded high-res tiles;

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .backbone import Backbone, BackboneError, wrap
+from .base import Backbone, BackboneError
+from .loading import wrap
 
 RANDOM_FAMILIES = {"llava-1.5": "llava", "llava-next": "llava_next", "qwen2-vl": "qwen2_vl"}
 VOCAB = 512

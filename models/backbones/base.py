@@ -1,27 +1,24 @@
-"""Backbones: an HF multimodal model seen as the parts the executor calls.
+"""The backbone base class: an HF multimodal model seen as the parts the executor calls.
 
 A backbone turns images + prompts into an embedded :class:`~harness.models.batch.Batch` (vision
 tower, projector, token-type map, original positions) and exposes its decoder's submodules.  It
 never changes the HF model: the executor calls ``q_proj``, ``k_proj``, ... and the backbone's
 ``rope`` / ``rotate`` give the rotary embedding of each family.
 
-Families: ``llava`` (LLaVA-1.5), ``llava_next`` (LLaVA-NeXT, anyres) and ``qwen2_vl`` (M-RoPE).
+The families are subclasses (``llava.py``, ``qwen2_vl.py``); this module knows none of them, and
+``loading.py`` is the one that picks a family's class for a checkpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .batch import Batch
-
-FAMILIES = ("llava", "llava_next", "qwen2_vl")
+from ..batch import Batch
 
 
 class BackboneError(ValueError):
@@ -149,23 +146,35 @@ class Backbone:
         ``tower``: a method that runs inside the vision tower's forward (``VisualPlan.tower``)."""
         raise NotImplementedError
 
+    # ---- the HF model's own calls (the references the executor is checked against)
     def hf_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
         """The HF model's own forward logits [B, N, V] (the reference for ``harness verify``)."""
-        raise NotImplementedError
+        self._reset_hf_state()
+        kw = self._hf_forward_inputs(inputs)
+        with torch.inference_mode():
+            return self.model(**kw).logits.float()
 
     def hf_generate(self, inputs: dict[str, Any], max_new_tokens: int) -> torch.Tensor:
+        """The HF model's own greedy generation, exactly ``max_new_tokens`` new ids per sample."""
+        self._reset_hf_state()
+        kw = self._hf_inputs(inputs)
         gen = self.model.generate(
-            **self._hf_kwargs(inputs),
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=0,
-        )
-        return gen[:, inputs["input_ids"].shape[1] :]
+            **kw, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+            do_sample=False, eos_token_id=None, pad_token_id=0,
+        )  # fmt: skip
+        return gen[:, kw["input_ids"].shape[1] :]
 
-    def _hf_kwargs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        return dict(inputs)
+    # what a family changes in those calls
+    def _hf_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The inputs as the HF model takes them (entries that are None left out)."""
+        return {k: v for k, v in inputs.items() if v is not None}
+
+    def _hf_forward_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """What ``hf_logits`` passes to the forward (``_hf_inputs`` unless the family adds more)."""
+        return self._hf_inputs(inputs)
+
+    def _reset_hf_state(self) -> None:
+        """Forget state the HF model keeps between calls (none unless the family has some)."""
 
     def build_inputs(self, prompts: list[str], images: list[Any]) -> dict[str, Any]:
         """Images + prompts -> model inputs through the checkpoint's own processor (left padding)."""
@@ -179,6 +188,11 @@ class Backbone:
             tok.padding_side = "left"
         out = self.processor(images=images, text=prompts, return_tensors="pt", padding=True)
         return dict(out)
+
+    def collate_images(self, samples: list[dict]) -> dict[str, Any]:
+        """The image inputs of single-sample model inputs, stacked as the family's HF model takes
+        them for a batch (``collate``): here one pixel tensor per image, concatenated."""
+        return {"pixel_values": torch.cat([s["pixel_values"] for s in samples])}
 
     # ---- provenance
     def weights_hash(self) -> str:
@@ -209,7 +223,7 @@ class Backbone:
 
 def collate(bb: Backbone, samples: list[dict]) -> dict:
     """Left-pad single-sample model inputs into one batch (what the processor does for a list of
-    prompts); pixel inputs are stacked the way each family's HF model expects them."""
+    prompts); image inputs are stacked by the backbone, the way its family's HF model takes them."""
     n = max(s["input_ids"].shape[1] for s in samples)
     ids = torch.zeros(len(samples), n, dtype=torch.long)
     mask = torch.zeros(len(samples), n, dtype=torch.long)
@@ -217,95 +231,4 @@ def collate(bb: Backbone, samples: list[dict]) -> dict:
         k = s["input_ids"].shape[1]
         ids[i, n - k :] = s["input_ids"][0]
         mask[i, n - k :] = 1
-    out: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
-    if bb.family == "llava_next":
-        p = max(s["pixel_values"].shape[1] for s in samples)
-        pv = torch.zeros(len(samples), p, *samples[0]["pixel_values"].shape[2:])
-        for i, s in enumerate(samples):
-            pv[i, : s["pixel_values"].shape[1]] = s["pixel_values"][0]
-        out["pixel_values"] = pv
-        out["image_sizes"] = torch.cat([s["image_sizes"] for s in samples])
-    else:
-        out["pixel_values"] = torch.cat([s["pixel_values"] for s in samples])
-        if bb.family == "qwen2_vl":
-            out["image_grid_thw"] = torch.cat([s["image_grid_thw"] for s in samples])
-    return out
-
-
-def family_of(config: Any) -> str:
-    model_type = getattr(config, "model_type", "")
-    if model_type not in FAMILIES:
-        raise BackboneError(
-            f"unknown backbone model_type '{model_type}': supported are {', '.join(FAMILIES)} "
-            "(LLaVA-1.5, LLaVA-NeXT, Qwen2-VL)"
-        )
-    return model_type
-
-
-def wrap(model: nn.Module, processor: Any = None, source: str = "", weights: str = "pretrained") -> Backbone:
-    """Wrap an already-built HF model in the backbone class of its family."""
-    family = family_of(model.config)
-    if family in ("llava", "llava_next"):
-        from .llava import LlavaBackbone, LlavaNextBackbone
-
-        cls = LlavaBackbone if family == "llava" else LlavaNextBackbone
-    else:
-        from .qwen2_vl import Qwen2VLBackbone
-
-        cls = Qwen2VLBackbone
-    return cls(model, processor=processor, source=source, weights=weights)
-
-
-def load_backbone(name_or_dir: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Backbone:
-    """Load a checkpoint from a local directory (or a hub id when the hub is reachable)."""
-    import transformers
-
-    path = Path(name_or_dir)
-    looks_local = path.exists() or name_or_dir.startswith((".", "/", "~")) or name_or_dir.count("/") != 1
-    if looks_local and not path.exists():
-        raise BackboneError(
-            f"model directory '{name_or_dir}' does not exist; pass a local checkpoint directory "
-            "(saved with save_pretrained) or a hub id like llava-hf/llava-1.5-7b-hf"
-        )
-    if path.exists() and not (path / "config.json").exists():
-        raise BackboneError(
-            f"'{name_or_dir}' has no config.json; it is not a save_pretrained checkpoint directory"
-        )
-    try:
-        config = transformers.AutoConfig.from_pretrained(name_or_dir)
-    except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BackboneError(f"cannot load config of '{name_or_dir}': {first}") from None
-    family = family_of(config)
-    cls_name = {
-        "llava": "LlavaForConditionalGeneration",
-        "llava_next": "LlavaNextForConditionalGeneration",
-        "qwen2_vl": "Qwen2VLForConditionalGeneration",
-    }[family]
-    model_cls = getattr(transformers, cls_name)
-    model = model_cls.from_pretrained(name_or_dir, dtype=dtype, attn_implementation="sdpa").to(device)
-    processor = None
-    try:
-        processor = transformers.AutoProcessor.from_pretrained(name_or_dir)
-    except (OSError, ValueError, TypeError, KeyError):
-        processor = None
-    weights, info = "pretrained", {}
-    meta = path / "seebench.json"
-    if meta.exists():
-        info = json.loads(meta.read_text())
-        weights = info.get("weights", weights)
-    if info.get("architecture") == "saisa":
-        from .saisa import SaisaBackbone, load_projectors
-
-        vc = model.config.vision_config
-        fl = model.config.vision_feature_layer
-        d_vis = vc.hidden_size * (1 if isinstance(fl, int) else len(fl))
-        tc = model.config.get_text_config()
-        proj = load_projectors(
-            path / "saisa_projectors.safetensors", d_vis, tc.hidden_size, tc.num_hidden_layers
-        ).to(device=device, dtype=dtype)  # with the model: layer_projection runs at its dtype
-        bb = SaisaBackbone(model, proj, processor=processor, source=name_or_dir, weights=weights)
-    else:
-        bb = wrap(model, processor=processor, source=name_or_dir, weights=weights)
-    bb.info = info
-    return bb
+    return {"input_ids": ids, "attention_mask": mask, **bb.collate_images(samples)}
