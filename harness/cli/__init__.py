@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import HarnessError
+from ..errors import HarnessError
 
 
 def _threads(n: int | None) -> None:
@@ -57,7 +57,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from harness.models.backbones.random import ragged_samples
     from harness.models.verify import checkpoint_samples, verify_dense
 
-    from .backbones import open_backbone
+    from ..backbones import open_backbone
 
     if bool(args.model) == bool(args.random):
         raise HarnessError(
@@ -97,8 +97,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ run
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import parse_shard, run_suite
-    from .suite import load_suite
+    from ..runner import parse_shard, run_suite
+    from ..suite import load_suite
 
     suite = load_suite(args.suite)
     if args.plan:
@@ -119,9 +119,9 @@ def _print_plan(suite, shard) -> int:
 
     from tabulate import tabulate
 
-    from .availability import analytic_flops_metrics, cell_needs, estimate_gpu_minutes
-    from .runner import select_shard
-    from .suite import expand
+    from ..availability import analytic_flops_metrics, cell_needs, estimate_gpu_minutes
+    from ..runner import select_shard
+    from ..suite import expand
 
     t0 = time.perf_counter()
     cells = select_shard(expand(suite), shard)
@@ -151,7 +151,7 @@ def _print_plan(suite, shard) -> int:
 
 
 def _print_run(summary, out: Path) -> None:
-    from .tables import run_summary
+    from ..tables import run_summary
 
     print(run_summary(summary.all_records))
     print(
@@ -170,9 +170,9 @@ def cmd_flops(args: argparse.Namespace) -> int:
     from harness.baselines.registry import build_stack
     from harness.models.method import MethodError
 
-    from .backbones import open_backbone
-    from .flops import flops_cell
-    from .scenarios import verify_inputs
+    from ..backbones import open_backbone
+    from ..flops import flops_cell
+    from ..scenarios import verify_inputs
 
     if bool(args.model) == bool(args.random):
         raise HarnessError("give --suite paper, a checkpoint directory, or --random FAMILY")
@@ -213,7 +213,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
 def _flops_paper(args: argparse.Namespace) -> int:
     import time
 
-    from . import flops_analytic as fa
+    from .. import flops_analytic as fa
 
     if args.suite != "paper":
         raise HarnessError(
@@ -298,10 +298,10 @@ def cmd_latency(args: argparse.Namespace) -> int:
     from harness.models.backbones.synthetic import synthetic_backbone, synthetic_batch
     from harness.models.method import MethodError
 
-    from . import environment
-    from .backbones import DTYPES
-    from .latency import TimingConfig, measure
-    from .scenarios import verify_inputs
+    from .. import environment
+    from ..backbones import DTYPES
+    from ..latency import TimingConfig, measure
+    from ..scenarios import verify_inputs
 
     chosen = [x for x in (args.geometry, args.model, args.random) if x]
     if len(chosen) != 1:
@@ -320,7 +320,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
             )
         batch = synthetic_batch(bb, args.geometry, args.batch, args.seed)
     else:
-        from .backbones import open_backbone
+        from ..backbones import open_backbone
 
         bb = open_backbone(args.model or f"random:{args.random}")
         samples = verify_inputs(bb, args.batch, args.seed)
@@ -426,7 +426,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks_path(args: argparse.Namespace) -> int:
-    from .lmms_entry import TASKS_DIR
+    from ..lmms_entry import TASKS_DIR
 
     print(TASKS_DIR)
     return 0
@@ -434,8 +434,8 @@ def cmd_tasks_path(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ calibrate
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .backbones import open_backbone
-    from .calibrate import calibrate, save_calibration
+    from ..backbones import open_backbone
+    from ..calibrate import calibrate, save_calibration
 
     bb = open_backbone(args.model)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -463,7 +463,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import time
 
-    from .report.build import build_report
+    from ..report.build import build_report
 
     t0 = time.perf_counter()
     paths = build_report(Path(args.records), Path(args.out))
@@ -476,7 +476,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from .gate import compare_dirs
+    from ..gate import compare_dirs
 
     findings = compare_dirs(Path(args.base), Path(args.new), acc_floor=args.acc_floor,
                             latency_tol=args.latency_tol, abs_latency_tol=args.abs_latency_tol)  # fmt: skip
@@ -496,7 +496,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ merge
 def cmd_merge(args: argparse.Namespace) -> int:
-    from . import records
+    from .. import records
 
     out = Path(args.out)
     seen: dict[str, str] = {}
