@@ -28,18 +28,18 @@ class PreLLM(Method):
     def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
         return plan.with_reducer(self)
 
-    def k(self, n_visual: int) -> int:
+    def kept(self, n_visual: int) -> int:
         return kept_count(self.budget, n_visual)
 
     def reduce(self, bb: Any, batch: Any) -> list[ReducedVisual]:
         """Every sample's reduced visual tokens; the counts come from the host layout, so nothing
         is read back from the device (``reduce_one`` implementations keep to that too)."""
         counts = batch.layout.count(VISUAL)
-        return [self.reduce_one(bb, batch, i, self.k(n))[0] for i, n in enumerate(counts)]
+        return [self.reduce_one(bb, batch, i, self.kept(n))[0] for i, n in enumerate(counts)]
 
     def overhead_macs(self, bb: Any, batch: Any) -> float:
         """MACs the reduction itself spends (counted as overhead), for sample 0."""
-        return self.reduce_one(bb, batch, 0, self.k(batch.layout.count(VISUAL)[0]))[1]
+        return self.reduce_one(bb, batch, 0, self.kept(batch.layout.count(VISUAL)[0]))[1]
 
     def reduce_one(self, bb: Any, batch: Any, i: int, k: int) -> tuple[ReducedVisual, float]:
         raise NotImplementedError

@@ -79,7 +79,7 @@ class PruMergePlus(PreLLM):
     host_reads: ClassVar[int] = 1  # the kept count, only when the grid is smaller than k-1
 
     def reduce(self, bb, batch):
-        ks = [self.k(n) for n in batch.layout.count(VISUAL)]
+        ks = [self.kept(n) for n in batch.layout.count(VISUAL)]
         ranked = [self._rank(bb, batch, i, k) for i, k in enumerate(ks)]
         counts = [r.budget if r.static else None for r in ranked]
         dynamic = [i for i, r in enumerate(ranked) if not r.static]

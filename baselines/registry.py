@@ -88,6 +88,13 @@ class Stack:
     def params(self) -> dict[str, dict[str, Any]]:
         return {m.name: m.settings() for m in self.methods}
 
+    def prepare_backbone(self, backbone: Any) -> Any:
+        """The backbone after each method added what it brings (SAISA's projectors on a random
+        decoder); see :meth:`Method.prepare_backbone`."""
+        for m in self.methods:
+            backbone = m.prepare_backbone(backbone)
+        return backbone
+
     def plan(self, backbone: Any) -> VisualPlan:
         plan = VisualPlan.dense(backbone.num_layers)
         for m in self.methods:

@@ -12,8 +12,11 @@ from dataclasses import replace
 from dataclasses import replace as dc_replace
 from typing import Any, ClassVar
 
+import torch
+import torch.nn.functional as F
 from pydantic import Field
 
+from harness.models import calibration
 from harness.models.method import Method, MethodError
 from harness.models.plan import KV_ONLY, VisualPlan
 
@@ -122,6 +125,21 @@ class ShortV(Method):
     def validate_for(self, backbone: Any) -> None:
         self.ordered_layers(backbone)
 
+    calibration_key: ClassVar[str | None] = "layers"
+
+    @classmethod
+    def _calibrate(cls, backbone: Any, batches: list[Any], **options: float) -> dict[str, Any]:
+        lc = layer_contribution(backbone, batches)
+        return {"layers": sorted(range(backbone.num_layers), key=lambda i: (lc[i], i)), "lc": lc}
+
+    @classmethod
+    def calibration_summary(cls, result: dict[str, Any]) -> str:
+        from tabulate import tabulate
+
+        table = tabulate([[i, result["lc"][i]] for i in result["layers"]],
+                         headers=["layer (ascending LC)", "LC"], floatfmt=".3e")  # fmt: skip
+        return f"{table}\nordered layer list: {result['layers']} ({len(result['samples'])} samples)"
+
     def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
         layers = list(plan.layers)
         for i in self.ordered_layers(backbone):
@@ -131,15 +149,20 @@ class ShortV(Method):
 
 def calibrated_layers(backbone: Any) -> list[int] | None:
     """The LC-ordered list stored next to a checkpoint by ``harness calibrate shortv --save``."""
-    return stored_calibration(backbone, "shortv", "layers")
+    return calibration.stored(backbone, "shortv", "layers")
 
 
-def stored_calibration(backbone: Any, method: str, key: str) -> Any:
-    """A calibration result saved in the checkpoint's seebench.json (None when there is none)."""
-    import json
-    from pathlib import Path
-
-    meta = Path(str(backbone.source)) / "seebench.json"
-    if meta.exists():
-        return json.loads(meta.read_text()).get("calibration", {}).get(method, {}).get(key)
-    return None
+def layer_contribution(bb: Any, batches: list[Any]) -> list[float]:
+    """LC per layer, averaged over the samples: KL(P_frozen,i || P_dense) at the last prompt
+    position, with the visual tokens frozen (K/V-only) in layer i alone."""
+    ex = calibration.executor(bb)
+    lc = torch.zeros(bb.num_layers)
+    n = 0
+    for batch in batches:
+        dense = F.log_softmax(calibration.last_logits(ex, batch), -1)
+        for i in range(bb.num_layers):
+            plan = VisualPlan.dense(bb.num_layers).with_layer(i, KV_ONLY)
+            frozen = F.log_softmax(calibration.last_logits(ex, batch, plan), -1)
+            lc[i] += (frozen.exp() * (frozen - dense)).sum(-1).sum()
+        n += batch.batch_size
+    return (lc / max(n, 1)).tolist()

@@ -100,13 +100,13 @@ class ToMe(PreLLM):
             raise MethodError(
                 "method 'tome' merges inside the vision tower: it needs a LLaVA-1.5 backbone with a CLIP tower"
             )
-        k = self.k(int(h.shape[1]) - 1)
+        k = self.kept(int(h.shape[1]) - 1)
         return [_merged_tower(layers, x, k, modules=True) for x in h]
 
     def tower_tokens(self, n_patches: int, n_layers: int) -> list[tuple[int, int]]:
         """(attention tokens, MLP tokens) per tower layer for ``n_patches`` patches (CLS counted)."""
         t, out = n_patches + 1, []
-        for r in schedule(n_patches - self.k(n_patches), n_layers):
+        for r in schedule(n_patches - self.kept(n_patches), n_layers):
             out.append((t, t - r))
             t -= r
         return out

@@ -19,8 +19,12 @@ from dataclasses import replace
 from dataclasses import replace as dc_replace
 from typing import Any, ClassVar
 
+import torch
+import torch.nn.functional as F
 from pydantic import Field
 
+from harness.models import calibration
+from harness.models.batch import TokenType
 from harness.models.method import Method, MethodError
 from harness.models.plan import INVISIBLE, LayerPlan, VisualPlan
 
@@ -71,9 +75,20 @@ class YOPO(Method):
         """The given mask, else one stored by ``harness calibrate yopo --save``, else all heads."""
         if self.head_mask is not None:
             return self.head_mask
-        from .shortv import stored_calibration
+        return calibration.stored(backbone, "yopo", "head_mask")
 
-        return stored_calibration(backbone, "yopo", "head_mask")
+    calibration_key: ClassVar[str | None] = "head_mask"
+    calibration_options: ClassVar[dict[str, float]] = {"tau": 0.1, "vote": 0.4}
+
+    @classmethod
+    def _calibrate(cls, backbone: Any, batches: list[Any], **options: float) -> dict[str, Any]:
+        tau, vote = options["tau"], options["vote"]
+        masks, share = head_masks(backbone, batches, tau, vote)
+        return {"head_mask": masks, "active_share": share, "tau": tau, "vote": vote}
+
+    @classmethod
+    def calibration_summary(cls, result: dict[str, Any]) -> str:
+        return f"head mask (kept heads per layer): {[len(h) for h in result['head_mask']]}"
 
     def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
         p = self
@@ -110,6 +125,39 @@ class YOPOTextOnly(YOPO):
         "rule": "YOPO pruned decoder",
     }
     head_mode: ClassVar[str] = "drop_keys"
+    calibration_key: ClassVar[str | None] = None  # reads the head masks ``harness calibrate yopo`` stores
 
     def after_cut(self, width: int) -> LayerPlan:
         return INVISIBLE
+
+
+def head_masks(
+    bb: Any, batches: list[Any], tau: float, vote: float
+) -> tuple[list[list[int]], list[list[float]]]:
+    """Per sample, layer and head: the attention mass on visual keys over the mass on system + text
+    keys, summed over the prefill's query rows (one extra SDPA call whose values are the visual-key
+    indicator, no eager attention).  A head is active on a sample when the ratio exceeds ``tau`` and
+    kept when active on more than ``vote`` of the samples; layers 0-1 keep every head."""
+    active = torch.zeros(bb.num_layers, bb.num_heads)
+
+    def observe(li, q, k, v, mask, q_meta, k_meta):
+        kvis = (k_meta["ttype"] == int(TokenType.VISUAL)).to(q.dtype)  # [B, nk]
+        ind = kvis[:, None, :, None].expand(-1, q.shape[1], -1, 1)  # indicator values per query head
+        kk = k if k.shape[1] == q.shape[1] else k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        m = mask | ~mask.any(-1, keepdim=True)
+        vis_mass = F.scaled_dot_product_attention(
+            q, kk, ind, attn_mask=m, scale=bb.layers[li].self_attn.scaling
+        )
+        real = (q_meta["ttype"] != int(TokenType.PAD))[:, None, :, None].to(q.dtype)
+        vm = (vis_mass * real).sum((2, 3))  # [B, H] visual mass summed over rows
+        total = real.sum((2, 3))  # rows (each row's masses sum to 1)
+        ratio = vm / (total - vm).clamp(min=1e-9)
+        active[li] += (ratio > tau).float().sum(0)
+
+    n = calibration.observe_attention(bb, batches, observe)
+    share = active / max(n, 1)
+    masks = [
+        list(range(bb.num_heads)) if li < 2 else [h for h in range(bb.num_heads) if share[li, h] > vote]
+        for li in range(bb.num_layers)
+    ]
+    return masks, share.tolist()

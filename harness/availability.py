@@ -97,38 +97,22 @@ def cell_needs(cell: Any) -> Needs:
 
 
 def analytic_schedule(geometry: str, method: str, params: dict[str, dict[str, Any]]):
-    """The analytic model's schedule for a published geometry and a single method (or None)."""
+    """(geometry, schedule) of a method stack at a published geometry, from the plan the stack
+    builds on a weightless stand-in of that checkpoint (None when it cannot build one there, e.g.
+    a method that needs its own modules)."""
+    from harness.baselines.registry import build_stack
+    from harness.models.geometry import GeometryBackbone
+    from harness.models.method import MethodError
+
     from . import flops_analytic as fa
+    from .flops import PromptCounts, schedule
 
     g = fa.get_geometry(geometry)
-    p = params.get(method, {})
-    if method == "dense":
-        return g, fa.dense(g)
-    if method == "vica":
-        return g, fa.vica(g, p.get("t2v_layers"))
-    if method == "shortv":
-        return g, fa.shortv(g, n=p.get("n"), layers=p.get("layers"))
-    if method == "naavit":
-        return g, fa.naavit(g)
-    if method == "vtw":
-        return g, fa.vtw(g, p.get("k") or g.layers // 2)
-    if method == "fastv":
-        keep = round(p["budget"] * g.v / 576) if p.get("budget") else None
-        return g, fa.fastv(g, p.get("k", 2), keep, p.get("ratio", 0.5))
-    if method == "pdrop":
-        from harness.baselines.pdrop import SCHEDULES
-
-        layers, lam = SCHEDULES.get(p.get("budget"), ([8, 16, 24], 0.5))
-        return g, fa.pdrop(g, p.get("layer_list") or layers, p.get("lam") or lam)
-    if method in ("random", "dart") and p.get("budget"):
-        k = round(p["budget"] * g.v / 576)
-        if method == "dart":  # 4 visual pivots + floor(B / 8) per pivot, as the released code keeps
-            k = min(g.v, 4 + 8 * (k // 8))
-        layer = p.get("layer", 0) if method == "random" else p.get("k", 2)
-        return g, fa.in_llm(g, [g.v] * layer + [k] * (g.layers - layer))
-    if method == "yopo" or method == "yopo_textonly":
-        return g, fa.yopo(g)
-    return None
+    try:
+        plan = build_stack(method, params).plan(GeometryBackbone(g))
+    except MethodError:
+        return None
+    return g, schedule(plan, PromptCounts.of_geometry(g), rectangles=False)
 
 
 def analytic_flops_metrics(

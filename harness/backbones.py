@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from harness.baselines.registry import build_stack
+from harness.baselines.registry import names as method_names
 from harness.models.backbones.base import Backbone, BackboneError
 from harness.models.backbones.loading import load_backbone
 from harness.models.backbones.random import RANDOM_FAMILIES, build_random
@@ -39,24 +41,23 @@ def open_backbone(model: str, dtype: str = "float32", device: str = "cpu") -> Ba
                     f"unknown backbone '{model}': synthetic geometries are "
                     + ", ".join(f"synthetic:{g}" for g in GEOMETRIES)
                 )
-            size = {"L": 8, "h": 1024}
-            arch = "llava"
-            for o in opts:  # synthetic:llava-1.5:L4:h256 -> 4 layers, width 256; ':saisa' adds projectors
-                if o == "saisa":
-                    arch = "saisa"
-                    continue
-                if o[:1] not in size or not o[1:].isdigit():
+            size, brings = {"L": 8, "h": 1024}, []
+            # synthetic:llava-1.5:L4:h256 -> 4 layers, width 256; a method's name adds the modules it
+            # brings at random (:saisa, per-layer projectors)
+            for o in opts:
+                if o[:1] in size and o[1:].isdigit():
+                    size[o[0]] = int(o[1:])
+                elif o in method_names():
+                    brings.append(o)
+                else:
                     raise BackboneError(
-                        f"bad synthetic option '{o}' in '{model}': use L<layers>, h<width> and saisa"
+                        f"bad synthetic option '{o}' in '{model}': use L<layers>, h<width> or the name of "
+                        "a method that brings its own modules"
                     )
-                size[o[0]] = int(o[1:])
-            return synthetic_backbone(
-                geometry,
-                layers=size["L"],
-                hidden=size["h"],
-                heads=max(1, size["h"] // 128),
-                architecture=arch,
+            bb = synthetic_backbone(
+                geometry, layers=size["L"], hidden=size["h"], heads=max(1, size["h"] // 128)
             )
+            return build_stack("+".join(brings)).prepare_backbone(bb) if brings else bb
         if model.startswith("random:"):
             family = model.split(":", 1)[1]
             if family not in RANDOM_FAMILIES:

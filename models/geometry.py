@@ -210,6 +210,22 @@ PAPER_GEOMETRIES: dict[str, Geometry] = {
 }
 
 
+class GeometryBackbone:
+    """A weightless stand-in for a published checkpoint: what a method reads of a backbone to build
+    its plan (family, depth, widths), so plans, and the FLOPs schedule derived from them, exist at
+    paper geometries without loading anything."""
+
+    weights = "none"
+
+    def __init__(self, g: Geometry) -> None:
+        self.geometry = g
+        self.family = g.family
+        self.num_layers, self.hidden_size, self.intermediate_size = g.layers, g.hidden, g.intermediate
+        self.num_heads, self.num_kv_heads, self.head_dim = g.heads, g.kv_heads, g.head_dim
+        self.source = f"geometry:{g.name}"  # no checkpoint folder: no stored calibration either
+        self.info: dict[str, Any] = {}
+
+
 def get_geometry(name: str) -> Geometry:
     """Look up a paper geometry by name (e.g. ``llava-1.5-7b``)."""
     try:
@@ -260,9 +276,9 @@ def hf_config(g: Geometry) -> Any:
             head_dim=g.head_dim,
             vocab_size=g.vocab,
             max_position_embeddings=g.max_positions,
-            rope_theta=g.rope_theta,
+            rope_theta=g.rope_theta,  # pyright: ignore[reportCallIssue]  # a kwarg the signature lacks
         )
-        common = dict(
+        common: dict[str, Any] = dict(
             vision_config=vc,
             text_config=tc,
             image_token_id=g.image_token_id,

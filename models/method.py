@@ -74,6 +74,37 @@ class Method(BaseModel):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "stage": self.stage, "params": self.settings()}
 
+    # ---- calibration (``harness calibrate METHOD``; models/calibration.py)
+    #: the key a calibrating method stores in seebench.json and reads back as its default
+    calibration_key: ClassVar[str | None] = None
+    #: calibration options and their defaults (``harness calibrate METHOD --tau 0.2``)
+    calibration_options: ClassVar[dict[str, float]] = {}
+
+    @classmethod
+    def calibration_settings(cls, **options: float) -> dict[str, float]:
+        """The options a calibration runs with (defaults filled in); one error for a wrong one."""
+        if cls.calibration_key is None:
+            raise MethodError(f"method '{cls.name}' has no calibration")
+        unknown = sorted(set(options) - set(cls.calibration_options))
+        if unknown:
+            known = ", ".join(cls.calibration_options) or "none"
+            raise MethodError(f"method '{cls.name}' takes no calibration option {unknown}; its options: {known}")
+        return {**cls.calibration_options, **options}
+
+    @classmethod
+    def calibrate(cls, backbone: Any, batches: list[Any], **options: float) -> dict[str, Any]:
+        """Calibrate on encoded batches; returns the result, holding at least ``cls.calibration_key``."""
+        return cls._calibrate(backbone, batches, **cls.calibration_settings(**options))
+
+    @classmethod
+    def _calibrate(cls, backbone: Any, batches: list[Any], **options: float) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def calibration_summary(cls, result: dict[str, Any]) -> str:
+        """A few lines for the terminal (``harness calibrate`` without ``--json``)."""
+        return f"{cls.calibration_key}: {result[cls.calibration_key or '']}"
+
     @classmethod
     def knobs(cls) -> dict[str, Any]:
         """Knob name -> default (and description) for ``harness methods``."""

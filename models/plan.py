@@ -128,6 +128,18 @@ class ReducedVisual:
 
 
 @dataclass(frozen=True)
+class Roles:
+    """What the visual tokens and the system prefix do in one layer.  The one statement of that
+    rule: the executors' row sets and the FLOPs schedule read it."""
+
+    visual_query: bool  # visual rows are attention queries
+    visual_key: bool  # visual rows are keys/values of the layer's attention (for some query)
+    text_reads_visual: bool  # non-visual queries may attend to the visual keys
+    visual_ffn: Literal["full", "partial", "none"]  # the FFN on visual rows (partial: first m channels)
+    system_query: bool  # system-prefix rows are queries (their FFN runs either way)
+
+
+@dataclass(frozen=True)
 class LayerPlan:
     visual_query: bool = True
     visual_kv: bool = True
@@ -144,6 +156,18 @@ class LayerPlan:
     @property
     def is_dense(self) -> bool:
         return self == DENSE_LAYER
+
+    @property
+    def roles(self) -> Roles:
+        """What visual tokens do here (a visual query with attention sees visual keys too)."""
+        ffn = "full" if self.visual_ffn is None else "none" if self.visual_ffn == 0 else "partial"
+        return Roles(
+            visual_query=self.visual_query,
+            visual_key=self.visual_kv or (self.visual_query and self.visual_attn != "none"),
+            text_reads_visual=self.visual_kv,
+            visual_ffn=ffn,
+            system_query=self.system_query,
+        )
 
     @property
     def visual_rows_needed(self) -> bool:
@@ -189,7 +213,8 @@ class VisualPlan:
     name: str = "custom"
     #: pre-LLM reducer: ``reduce(backbone, batch) -> list[ReducedVisual]`` (one per sample), applied
     #: before layer 0; the reduced tokens are renumbered (docs/methods.md §2.3) and, in mask mode, laid out in
-    #: the full-length sequence with the freed visual slots masked
+    #: the full-length sequence with the freed visual slots masked; ``kept(n_visual)`` says how many
+    #: of a sample's n visual tokens it feeds to layer 0
     reducer: Any = None
 
     @classmethod
@@ -220,8 +245,10 @@ class VisualPlan:
 
     def validate(self, num_layers: int, num_heads: int, ffn_width: int) -> None:
         """Raise :class:`PlanError` (one line naming the layer and field) for impossible plans."""
-        if self.reducer is not None and not callable(getattr(self.reducer, "reduce", None)):
-            raise PlanError(f"plan '{self.name}': reducer must have reduce(backbone, batch)")
+        if self.reducer is not None and not all(
+            callable(getattr(self.reducer, f, None)) for f in ("reduce", "kept")
+        ):
+            raise PlanError(f"plan '{self.name}': reducer must have reduce(backbone, batch) and kept(n_visual)")
         if len(self.layers) != num_layers:
             raise PlanError(
                 f"plan '{self.name}' has {len(self.layers)} layers but the backbone has {num_layers}; "

@@ -274,19 +274,18 @@ class Compiler:
         vis = alive & (tt == VIS)
         nonvis = alive & ~vis
         none = np.zeros_like(alive)
-        q = nonvis if lp.system_query else nonvis & (tt != SYS)
-        if lp.visual_query:
+        r = lp.roles
+        q = nonvis if r.system_query else nonvis & (tt != SYS)
+        if r.visual_query:
             q = q | vis
-        vis_key = lp.visual_kv or (lp.visual_query and lp.visual_attn != "none")
-        partial = lp.visual_ffn not in (None, 0)
         return {
             "alive": alive,
             "vis": vis,
             "q": q,
-            "k": nonvis | (vis if vis_key else none),
-            "f_full": nonvis | (vis if lp.visual_ffn is None else none),
-            "f_part": vis if partial else none,
-            "tv": nonvis | (vis if lp.visual_kv else none),
+            "k": nonvis | (vis if r.visual_key else none),
+            "f_full": nonvis | (vis if r.visual_ffn == "full" else none),
+            "f_part": vis if r.visual_ffn == "partial" else none,
+            "tv": nonvis | (vis if r.text_reads_visual else none),
         }
 
     def _layer(self, lay: Layout, li: int, lp: LayerPlan, version: int, pristine: bool) -> LayerStep:

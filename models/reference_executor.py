@@ -276,13 +276,13 @@ class ReferenceExecutor:
         non_vis = valid & ~is_vis
         vis = valid & is_vis
         none = torch.zeros_like(valid)
-        q_rows = non_vis if lp.system_query else (non_vis & (st.ttype != SYS))
-        if lp.visual_query:
+        r = lp.roles
+        q_rows = non_vis if r.system_query else (non_vis & (st.ttype != SYS))
+        if r.visual_query:
             q_rows = q_rows | vis
-        vis_as_key = lp.visual_kv or (lp.visual_query and lp.visual_attn != "none")
-        kv_rows = non_vis | (vis if vis_as_key else none)
-        ffn_rows = non_vis | (vis if lp.visual_ffn != 0 else none)
-        text_visible = non_vis | (vis if lp.visual_kv else none)
+        kv_rows = non_vis | (vis if r.visual_key else none)
+        ffn_rows = non_vis | (vis if r.visual_ffn != "none" else none)
+        text_visible = non_vis | (vis if r.text_reads_visual else none)
         return q_rows, kv_rows, ffn_rows, text_visible
 
     def _layer(

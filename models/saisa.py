@@ -66,6 +66,8 @@ def with_random_projectors(bb: LlavaBackbone) -> SaisaBackbone:
         bb.model, proj, processor=bb.processor, source=bb.source + ":saisa", weights="random-init"
     )
     out.info = dict(bb.info)
+    if hasattr(bb, "synthetic_geometry"):
+        out.synthetic_geometry = bb.synthetic_geometry  # type: ignore[attr-defined]
     return out
 
 
@@ -105,6 +107,17 @@ class SAISA(Method):
                 "method 'saisa' needs a SAISA checkpoint with per-layer projectors "
                 "(convert one with: harness convert llava-original SRC --vision-tower CLIP_DIR --out DIR)"
             )
+
+    def prepare_backbone(self, backbone: Any) -> Any:
+        """A random-init LLaVA decoder gets random per-layer projectors (no SAISA checkpoint exists
+        at the published geometries); anything else is returned as it is (and validated)."""
+        if (
+            isinstance(backbone, SaisaBackbone)
+            or backbone.family != "llava"
+            or backbone.weights != "random-init"
+        ):
+            return backbone
+        return with_random_projectors(backbone)
 
     def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
         layers = tuple(

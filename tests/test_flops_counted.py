@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -110,11 +109,9 @@ def test_sdpa_handle_counts_the_full_rectangle():
     assert an.total() == 2 * 2 * 4 * 10 * 30 * 16
 
 
-def test_paper_flops_cli_json_fast():
-    t0 = time.perf_counter()
+def test_paper_flops_cli_json():
     out = subprocess.run([sys.executable, "-m", "harness.cli", "flops", "--suite", "paper", "--json"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    elapsed = time.perf_counter() - t0
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     keys = {"backbone", "method", "setting", "convention", "tflops", "tflops_visual"}
@@ -126,8 +123,7 @@ def test_paper_flops_cli_json_fast():
         "llava-next-7b",
         "qwen2-vl-7b",
         "mobilellama-2.7b",
-    }
-    assert elapsed < 60  # the acceptance figure (< 30 s) is measured by the command itself, see README
+    }  # its wall time (an acceptance figure) is measured by the command itself, never here
 
 
 def test_flops_cli_random_llava_saisa_brings_random_projectors(capsys):

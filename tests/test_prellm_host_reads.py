@@ -63,7 +63,7 @@ def test_reduce_reads_nothing_on_the_host(batches, method, case, budget):
     with torch.inference_mode(), counting() as c:
         reduced = m.reduce(bb, batch)
     counts = [r.embeds.shape[0] for r in reduced]
-    ks = [m.k(n) for n in batch.layout.count(2)]
+    ks = [m.kept(n) for n in batch.layout.count(2)]
     assert len(reduced) == batch.batch_size
     assert all(r.anchors.shape == (r.embeds.shape[0],) for r in reduced)
     if method != "prumerge_plus":

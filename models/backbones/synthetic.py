@@ -8,6 +8,8 @@ geometries in ``models/geometry.py``).  Records made with them say ``weights: ra
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 
 from ..batch import Batch, TokenType
@@ -15,6 +17,9 @@ from ..geometry import PAPER_GEOMETRIES, Geometry
 from .base import Backbone
 from .loading import wrap
 from .random import randomize_norms
+
+if TYPE_CHECKING:
+    from .llava import LlavaBackbone
 
 
 def _token_layout(g: Geometry) -> dict[str, int]:
@@ -41,10 +46,10 @@ SYNTHETIC_TOKEN_LAYOUTS: dict[str, dict[str, int]] = {
 
 def synthetic_backbone(
     geometry: str, layers: int = 8, hidden: int = 1024, heads: int = 8, kv_heads: int | None = None,
-    ffn: int | None = None, vocab: int = 32064, seed: int = 0, architecture: str = "llava",
+    ffn: int | None = None, vocab: int = 32064, seed: int = 0,
 ) -> Backbone:  # fmt: skip
-    """A random-init Llama decoder (LLaVA wrapper) at reduced width and depth for timing;
-    ``architecture="saisa"`` adds random per-layer projectors from the CLIP width (SAISA)."""
+    """A random-init Llama decoder (LLaVA wrapper) at reduced width and depth for timing; a method
+    that brings its own modules adds random ones with ``Stack.prepare_backbone``."""
     import transformers
 
     if geometry not in SYNTHETIC_TOKEN_LAYOUTS:
@@ -71,10 +76,6 @@ def synthetic_backbone(
     model = randomize_norms(transformers.LlavaForConditionalGeneration(cfg).float().eval())
     model.config._attn_implementation = "sdpa"
     bb = wrap(model, source=f"synthetic:{geometry}:L{layers}h{hidden}", weights="random-init")
-    if architecture == "saisa":
-        from harness.models.saisa import with_random_projectors
-
-        bb = with_random_projectors(bb)
     bb.synthetic_geometry = geometry  # type: ignore[attr-defined]
     return bb
 
@@ -96,7 +97,7 @@ def synthetic_batch(bb: Backbone, geometry: str, batch_size: int, seed: int = 0)
             # drawn on the CPU generator (the same batch on every device), run where the model is
             h_in = torch.randn(batch_size, v + 1, vc.hidden_size, generator=gen).to(bb.device, bb.dtype)
             h_out = bb.model.model.vision_tower.encoder.layers[0](h_in, None)
-            embeds[:, s : s + v] = bb.project(h_out[:, 1:]).to(embeds)
+            embeds[:, s : s + v] = cast("LlavaBackbone", bb).project(h_out[:, 1:]).to(embeds)
         extras["clip"] = [
             {"layer": 0, "h_embed": h_in[i], "h_in": h_in[i], "h_out": h_out[i]} for i in range(batch_size)
         ]
