@@ -88,7 +88,9 @@ class Method(BaseModel):
         unknown = sorted(set(options) - set(cls.calibration_options))
         if unknown:
             known = ", ".join(cls.calibration_options) or "none"
-            raise MethodError(f"method '{cls.name}' takes no calibration option {unknown}; its options: {known}")
+            raise MethodError(
+                f"method '{cls.name}' takes no calibration option {unknown}; its options: {known}"
+            )
         return {**cls.calibration_options, **options}
 
     @classmethod

@@ -248,7 +248,9 @@ class VisualPlan:
         if self.reducer is not None and not all(
             callable(getattr(self.reducer, f, None)) for f in ("reduce", "kept")
         ):
-            raise PlanError(f"plan '{self.name}': reducer must have reduce(backbone, batch) and kept(n_visual)")
+            raise PlanError(
+                f"plan '{self.name}': reducer must have reduce(backbone, batch) and kept(n_visual)"
+            )
         if len(self.layers) != num_layers:
             raise PlanError(
                 f"plan '{self.name}' has {len(self.layers)} layers but the backbone has {num_layers}; "

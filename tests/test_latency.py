@@ -209,5 +209,7 @@ def test_synthetic_backbone_options_and_their_errors():
     bb = open_backbone("synthetic:llava-1.5:L2:h128:saisa")
     assert bb.num_layers == 2 and bb.hidden_size == 128 and hasattr(bb, "projectors")
     assert not hasattr(open_backbone("synthetic:llava-1.5:L2:h128"), "projectors")
-    with pytest.raises(HarnessError, match="bad synthetic option 'x3'.*use L<layers>, h<width> or the name of a method"):
+    with pytest.raises(
+        HarnessError, match="bad synthetic option 'x3'.*use L<layers>, h<width> or the name of a method"
+    ):
         open_backbone("synthetic:llava-1.5:x3")
