@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from harness.models.method import Method, MethodError
+from harness.models.method import Method, MethodError, PaperRow
 from harness.models.plan import VisualPlan
 from harness.models.selection import SampleCounts, SelectContext, top_k_slots
 
@@ -58,3 +58,19 @@ class FastV(Method):
     def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
         li = self.k - 1
         return plan.with_layer(li, replace(plan.layers[li], drop_after=TopKAttention(self.kept_of_576())))
+
+    @classmethod
+    def paper_rows(cls, backbone: Any) -> list[PaperRow]:
+        """FastV's K=2, R=50% (not on Qwen2-VL), and on LLaVA-1.5 the kept counts x whose layer
+        average (2 v + (L - 2) x) / L is 192 / 128 / 64."""
+        if backbone.family == "qwen2_vl":
+            return []
+        rows = [PaperRow("K=2 R=50%")]
+        if backbone.family == "llava":
+            n, v = backbone.num_layers, backbone.geometry.v
+            for target in (192, 128, 64):
+                x = round((target * n - 2 * v) / (n - 2))
+                rows.append(
+                    PaperRow(f"{target} layer-avg (K=2 keep {x})", {"fastv": {"budget": x * 576 / v}})
+                )
+        return rows

@@ -11,7 +11,7 @@ from dataclasses import replace
 from dataclasses import replace as dc_replace
 from typing import Any, ClassVar
 
-from harness.models.method import Method
+from harness.models.method import Method, PaperRow
 from harness.models.plan import VisualPlan
 
 
@@ -28,3 +28,7 @@ class NAAViT(Method):
 
     def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
         return dc_replace(plan, layers=tuple(replace(lp, visual_query=False) for lp in plan.layers))
+
+    @classmethod
+    def paper_rows(cls, backbone: Any) -> list[PaperRow]:
+        return [PaperRow("all layers")] if backbone.family in ("llava", "llava_next") else []

@@ -14,13 +14,13 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from harness.models.method import Method, MethodError
+from harness.models.method import Method, MethodError, PaperRow
 from harness.models.plan import VisualPlan
 
 from .common import scaled_layers
 from .fastv import TopKAttention
 
-SCHEDULES = {192: ([8, 16, 24], 0.25), 128: ([2, 8, 16], 0.42), 64: ([2, 8, 16], 0.195)}
+BUDGET_SCHEDULES = {192: ([8, 16, 24], 0.25), 128: ([2, 8, 16], 0.42), 64: ([2, 8, 16], 0.195)}
 
 
 class PDrop(Method):
@@ -43,11 +43,11 @@ class PDrop(Method):
 
     def schedule(self, num_layers: int) -> tuple[list[int], float]:
         p = self
-        if p.budget is not None and p.budget not in SCHEDULES:
+        if p.budget is not None and p.budget not in BUDGET_SCHEDULES:
             raise MethodError(
                 f"method 'pdrop': budget {p.budget} has no schedule; use 192, 128 or 64 or give layer_list and lam"
             )
-        layers, lam = SCHEDULES.get(p.budget, ([8, 16, 24], 0.5))
+        layers, lam = BUDGET_SCHEDULES.get(p.budget, ([8, 16, 24], 0.5))
         layers = p.layer_list if p.layer_list is not None else layers
         lam = p.lam if p.lam is not None else lam
         if num_layers != 32:
@@ -71,3 +71,13 @@ class PDrop(Method):
                 li, replace(out.layers[li], drop_before=TopKAttention(keep, positions="renumber"))
             )
         return out
+
+    @classmethod
+    def paper_rows(cls, backbone: Any) -> list[PaperRow]:
+        """seebench's schedules for 192 / 128 / 64 layer-averaged tokens, on LLaVA-1.5."""
+        if backbone.family != "llava":
+            return []
+        return [
+            PaperRow(f"{b} layer-avg ({layers}, λ={lam})", {"pdrop": {"budget": b}})
+            for b, (layers, lam) in BUDGET_SCHEDULES.items()
+        ]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from harness.models import calibration
-from harness.models.method import Method, MethodError
+from harness.models.method import Method, MethodError, PaperRow
 from harness.models.plan import KV_ONLY, VisualPlan
 
 from .common import check_layers, published_name
@@ -77,6 +77,23 @@ PUBLISHED_LAYERS: dict[str, list[int]] = {
         1,
         17,
     ],
+}
+
+
+#: ShortV Table 11's N sweeps (the published N first)
+N_SWEEP: dict[str, tuple[int, ...]] = {
+    "llava-1.5-7b": (19, 4, 8, 12, 16, 20, 24, 28),
+    "llava-1.5-13b": (24, 8, 16, 28, 32, 36),
+    "llava-next-7b": (19, 8, 16, 24),
+    "llava-next-13b": (24, 8, 16, 32),
+}
+#: decoder TFLOPs at t = 64 as printed: ShortV Table 1 (N=19, with the ratio) and Table 11
+PUBLISHED_FLOPS: dict[tuple[str, int], dict[str, Any]] = {
+    ("llava-1.5-7b", 19): {"published": {"tflops": 4.7, "ratio": 0.55}, "source": "ShortV Table 1"},
+    **{
+        ("llava-1.5-7b", n): {"published": {"tflops": v}, "source": "ShortV Table 11"}
+        for n, v in {4: 7.7, 8: 6.9, 12: 6.1, 16: 5.3, 20: 4.5, 24: 3.7, 28: 2.9}.items()
+    },
 }
 
 
@@ -145,6 +162,21 @@ class ShortV(Method):
         for i in self.ordered_layers(backbone):
             layers[i] = replace(KV_ONLY, drop_before=layers[i].drop_before, drop_after=layers[i].drop_after)
         return dc_replace(plan, layers=tuple(layers))
+
+    @classmethod
+    def paper_rows(cls, backbone: Any) -> list[PaperRow]:
+        """ShortV Tables 1 and 11: N frozen layers, the published N first.  Beyond the published
+        list (FLOPs depend on N alone) the remaining layers are appended from the top down; their
+        true LC order is unknown, so such lists serve FLOPs only."""
+        name = published_name(backbone) or ""
+        order = PUBLISHED_LAYERS.get(name)
+        if order is None:
+            return []
+        order = order + [i for i in reversed(range(backbone.num_layers)) if i not in order]
+        return [
+            PaperRow(f"N={n}", {"shortv": {"layers": order[:n]}}, **PUBLISHED_FLOPS.get((name, n), {}))
+            for n in N_SWEEP.get(name, ())
+        ]
 
 
 def calibrated_layers(backbone: Any) -> list[int] | None:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from harness.models.method import Method, MethodError
+from harness.models.method import Method, MethodError, PaperRow
 from harness.models.plan import INVISIBLE, VisualPlan
 
 
@@ -39,3 +39,13 @@ class VTW(Method):
             for i, lp in enumerate(plan.layers)
         ]
         return dc_replace(plan, layers=tuple(layers))
+
+    @classmethod
+    def paper_rows(cls, backbone: Any) -> list[PaperRow]:
+        """ShortV Table 1 compares VTW at K = 16 (7B) and K = 20 (13B)."""
+        k = {32: 16, 40: 20}.get(backbone.num_layers) if backbone.family in ("llava", "llava_next") else None
+        if k is None or backbone.hidden_size == 2560:  # not the 3B model
+            return []
+        row = {"published": {"tflops": 4.7, "ratio": 0.55}, "source": "ShortV Table 1"}
+        published = row if backbone.geometry.name == "llava-1.5-7b" else {}
+        return [PaperRow(f"K={k}", {"vtw": {"k": k}}, **published)]

@@ -25,8 +25,52 @@ from pydantic import Field
 
 from harness.models import calibration
 from harness.models.batch import TokenType
-from harness.models.method import Method, MethodError
+from harness.models.method import Method, MethodError, PaperRow
 from harness.models.plan import INVISIBLE, LayerPlan, VisualPlan
+
+#: heads kept per layer by YOPO's shipped head masks (``LLaVA/headmask/headmask_*.npy`` in
+#: ZhangAIPI/YOPO_MLLM_Pruning @ f0783f4: row sums of the boolean [L, H] arrays)
+SHIPPED_HEAD_COUNTS: dict[str, tuple[int, ...]] = {
+    "headmask_7b_8": (
+        32, 32, 0, 0, 1, 0, 1, 0, 4, 3, 5, 5, 10, 8, 18, 11, 9, 10, 9, 11, 15, 11, 11, 6, 11, 7, 10, 1,
+        4, 6, 2, 7,
+    ),
+    "headmask_7b_16": (
+        32, 32, 9, 5, 10, 4, 5, 15, 18, 13, 15, 20, 23, 24, 27, 23, 27, 17, 14, 18, 18, 16, 15, 8, 14,
+        10, 15, 5, 7, 11, 5, 24,
+    ),
+    "headmask_7b_24": (
+        32, 32, 32, 19, 24, 17, 21, 27, 26, 23, 27, 24, 28, 31, 31, 27, 29, 27, 23, 28, 25, 21, 20, 19,
+        18, 21, 20, 13, 18, 22, 16, 32,
+    ),
+    "headmask_13b_5": (
+        40, 40, 0, 0, 0, 0, 0, 0, 2, 0, 3, 2, 1, 3, 3, 7, 6, 7, 4, 6, 5, 2, 4, 5, 5, 6, 5, 3, 4, 1, 4, 2,
+        4, 0, 3, 1, 5, 4, 4, 9,
+    ),
+    "headmask_13b_10": (
+        40, 40, 4, 3, 0, 5, 2, 7, 13, 8, 10, 8, 12, 20, 9, 14, 14, 16, 17, 12, 14, 16, 9, 9, 9, 9, 8, 5,
+        5, 2, 4, 2, 6, 2, 4, 6, 7, 6, 9, 21,
+    ),
+    "headmask_13b_20": (
+        40, 40, 29, 24, 7, 21, 16, 11, 21, 21, 19, 20, 23, 28, 24, 25, 32, 26, 26, 25, 21, 26, 20, 12,
+        17, 12, 14, 11, 11, 9, 15, 10, 15, 10, 16, 16, 18, 18, 17, 32,
+    ),
+    "headmask_13b_30": (
+        40, 40, 40, 38, 31, 32, 29, 27, 33, 29, 33, 28, 33, 32, 32, 34, 39, 33, 32, 35, 30, 31, 31, 23,
+        23, 23, 22, 23, 16, 24, 28, 29, 28, 25, 30, 27, 24, 29, 26, 35,
+    ),
+}  # fmt: skip
+
+#: the settings whose FLOPs can be computed: (setting, mask, K_cut, note); the released checkpoints'
+#: settings are unknown (docs/seed-methods.md §3.5)
+PAPER_SETTINGS: dict[str, tuple[str, str, int, str]] = {
+    "llava-1.5-7b": ("25% (headmask_7b_16, K_cut=16, w=5, s=35, r=2)", "headmask_7b_16", 16, "derived candidate"),
+    "llava-1.5-13b": (
+        "finetune flags (headmask_13b_30, K_cut=20, w=5, s=35, r=2)", "headmask_13b_30", 20,
+        "candidate: training flags of finetune_yopo.sh (30% of V_Y(576), neither 25% nor 12%); "
+        "checkpoint settings unknown",
+    ),
+}  # fmt: skip
 
 
 class YOPO(Method):
@@ -111,6 +155,27 @@ class YOPO(Method):
     def after_cut(self, width: int) -> LayerPlan:
         # no head serves visual tokens: no visual queries, zeroed visual values, half FFN still runs
         return LayerPlan(visual_query=False, visual_ffn=width, visual_heads=(), head_mode="zero_values")
+
+    @classmethod
+    def paper_rows(cls, backbone: Any) -> list[PaperRow]:
+        """YOPO Table 2's visual-side FLOPs follow the stated intent (``yopo_textonly``'s rule:
+        pruned heads do no visual work, nothing visual after the cut), with a shipped mask's kept
+        head counts (the first heads of each layer: the FLOPs depend on the counts alone)."""
+        found = PAPER_SETTINGS.get(backbone.geometry.name) if cls.name == "yopo" else None
+        if found is None:
+            return []
+        setting, mask, k_cut, note = found
+        heads = [list(range(n)) for n in SHIPPED_HEAD_COUNTS[mask]]
+        knobs = {"head_mask": heads, "k_cut": k_cut, "window": 5, "ffn_ratio": 2}
+        published = (
+            {"published": {"tflops_visual_yopo": 1.91}, "source": "YOPO Table 2"}
+            if mask.endswith("7b_16")
+            else {}
+        )
+        return [
+            PaperRow(setting, {"yopo_textonly": knobs}, stack="yopo_textonly", visual_convention="yopo",
+                     note=note, **published)
+        ]  # fmt: skip
 
 
 class YOPOTextOnly(YOPO):

@@ -97,22 +97,13 @@ def cell_needs(cell: Any) -> Needs:
 
 
 def analytic_schedule(geometry: str, method: str, params: dict[str, dict[str, Any]]):
-    """(geometry, schedule) of a method stack at a published geometry, from the plan the stack
-    builds on a weightless stand-in of that checkpoint (None when it cannot build one there, e.g.
-    a method that needs its own modules)."""
-    from harness.baselines.registry import build_stack
-    from harness.models.geometry import GeometryBackbone
-    from harness.models.method import MethodError
-
+    """(geometry, schedule) of a method stack at a published geometry (None when the stack cannot
+    be built there)."""
     from . import flops_analytic as fa
-    from .flops import PromptCounts, schedule
 
     g = fa.get_geometry(geometry)
-    try:
-        plan = build_stack(method, params).plan(GeometryBackbone(g))
-    except MethodError:
-        return None
-    return g, schedule(plan, PromptCounts.of_geometry(g), rectangles=False)
+    found = fa.plan_schedule(g, method, params)
+    return None if found is None else (g, found)
 
 
 def analytic_flops_metrics(

@@ -29,7 +29,6 @@ from harness.models.batch import Batch, TokenType
 from harness.models.executor import Executor, LayerStats
 from harness.models.geometry import Geometry, VisionGeometry
 from harness.models.plan import VisualPlan
-from harness.models.selection import SampleCounts
 
 from . import flops_analytic as fa
 
@@ -351,96 +350,10 @@ def _clip_layers_needed(bb: Backbone) -> int:
     return max(i if i >= 0 else total + 1 + i for i in layers)
 
 
-@dataclass(frozen=True)
-class PromptCounts:
-    """One prompt's tokens by class: the system prefix, the text after the image, the visual tokens."""
-
-    system: int
-    text: int
-    visual: int
-
-    @classmethod
-    def of(cls, batch: Batch) -> PromptCounts:
-        """Sample 0's counts (FLOPs cells are batch 1)."""
-        tt = batch.token_type[0]
-        return cls(int((tt == TokenType.SYSTEM).sum()), int((tt == TokenType.TEXT).sum()),
-                   int((tt == TokenType.VISUAL).sum()))  # fmt: skip
-
-    @classmethod
-    def of_geometry(cls, g: Geometry) -> PromptCounts:
-        return cls(g.s, g.t - g.s, g.v)
-
-
-def visual_present(plan: VisualPlan, counts: PromptCounts) -> list[int]:
-    """Visual tokens present in each layer, from the plan alone: the reducer's and each selector's
-    ``kept`` (and ``recycled``) on host counts, as the executor compiles them."""
-    n0 = counts.visual if plan.reducer is None else plan.reducer.kept(counts.visual)
-    v, out = n0, []
-
-    def after(sel: Any, present: int) -> int:
-        c = SampleCounts(present, n0, counts.text, counts.system)
-        k = int(sel.kept(c))
-        return k + (int(sel.recycled(c, k)) if hasattr(sel, "recycle") else 0)
-
-    for lp in plan.layers:
-        if lp.drop_before is not None:
-            v = after(lp.drop_before, v)
-        out.append(v)
-        if lp.drop_after is not None:
-            v = after(lp.drop_after, v)
-    return out
-
-
-def schedule(
-    plan: VisualPlan,
-    counts: PromptCounts,
-    present: list[int] | None = None,
-    mode: str = "drop",
-    projector_shapes: tuple = (),
-    rectangles: bool = True,
-) -> list[fa.LayerWork]:
-    """LayerWork per layer of one prompt under ``plan``: each layer's roles (``LayerPlan.roles``)
-    applied to the visual tokens present there (``present``: measured by the executor, else
-    derived with :func:`visual_present`).  The one schedule behind counted cells and paper
-    geometries.
-
-    ``rectangles``: record the attention rectangles a drop-mode executor computes (counted cells);
-    paper geometries leave them to the convention's formula.  Mask mode computes every row of the
-    full sequence in every layer (the plan applied by masks saves nothing)."""
-    present = visual_present(plan, counts) if present is None else present
-    s, txt, v0 = counts.system, counts.text, counts.visual
-    n_nv = s + txt
-    work: list[fa.LayerWork] = []
-    for lp, v in zip(plan.layers, present, strict=True):
-        if mode == "mask":
-            n = n_nv + v0
-            work.append(fa.LayerWork(t=n_nv, v_q=v0, v_k=v0, v_ffn=v0, attn_calls=(fa.AttnCall(n, n),)))
-            continue
-        r = lp.roles
-        nq_nv = n_nv if r.system_query else txt
-        v_q = v if r.visual_query else 0
-        v_k = v if r.visual_key else 0
-        proj = projector_shapes if lp.kv_source == "projector" else ()
-        work.append(
-            fa.LayerWork(
-                t=n_nv,
-                t_q=nq_nv,
-                v_q=v_q,
-                v_k=v_k,
-                v_ffn=0 if r.visual_ffn == "none" else v,
-                m_v=lp.visual_ffn if r.visual_ffn == "partial" else None,
-                attn_calls=(fa.AttnCall(nq_nv + v_q, n_nv + v_k),) if rectangles else None,
-                proj=proj,
-                proj_rows=v if proj else 0,
-            )
-        )
-    return work
-
-
 def projector_shapes_of(bb: Backbone | None) -> tuple:
     """Per-layer projector matrices of a backbone that has them (SAISA), else ()."""
     if bb is None or not hasattr(bb, "projectors"):
-        return ()
+        return getattr(bb, "layer_projector_shapes", ())  # a weightless stand-in may declare them
     first, last = bb.projectors[0][0], bb.projectors[0][2]
     return ((first.in_features, first.out_features), (last.in_features, last.out_features))
 
@@ -450,7 +363,7 @@ def schedule_from_plan(
 ) -> list[fa.LayerWork]:
     """:func:`schedule` of a batch-1 run, with the visual tokens the executor had in each layer."""
     present = [st.present[0] for st in stats]
-    return schedule(plan, PromptCounts.of(batch), present, mode, projector_shapes_of(bb))
+    return fa.schedule(plan, fa.PromptCounts.of(batch), present, mode, projector_shapes_of(bb))
 
 
 def selector_overhead(

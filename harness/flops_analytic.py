@@ -5,8 +5,10 @@ Units. Every count is held as MACs (multiply-accumulates) in a `Compute`; FLOPs 
 YOPO and ViCA count FLOPs; fvcore reports MACs; `torch.utils.flop_counter` reports FLOPs.
 
 Token classes. A layer processes ``t`` non-visual tokens (system prefix S + text T; ShortV fixes
-t = 64) and some visual tokens, described by a `LayerWork`. A method is a *schedule*: one
-`LayerWork` per decoder layer (`dense`, `shortv`, `vica`, `yopo`, ...).
+t = 64) and some visual tokens, described by a `LayerWork`. A schedule is one `LayerWork` per
+decoder layer; a method's comes from its plan (`schedule`: each layer's `LayerPlan.roles` applied
+to the visual tokens present there; `plan_schedule` at a published geometry), never from a
+hand-written per-method formula.
 
 Conventions (`CONVENTIONS`), all evaluated with the same per-class terms (docs/flops.md §2.5):
 
@@ -34,11 +36,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from harness.models.batch import TokenType
 from harness.models.geometry import PAPER_GEOMETRIES, Geometry, get_geometry, hf_config, hf_visual_tokens
+from harness.models.plan import VisualPlan
+from harness.models.selection import SampleCounts
 
 # --------------------------------------------------------------------------------------------------
 # Units and conventions
@@ -100,6 +105,11 @@ CONVENTIONS: dict[str, Convention] = {
     "shortv": Convention("shortv", 3, False, 64, False, "FLOPs"),
     "exact": Convention("exact", 3, True, None, True, "FLOPs"),
 }
+
+
+#: the two visual-side conventions (docs/flops.md §2.4), named after the papers that defined them:
+#: visual rows only, and visual rows plus the text rows' attention over visual keys
+VISUAL_CONVENTIONS = ("yopo", "vica")
 
 
 def get_convention(c: str | Convention) -> Convention:
@@ -430,6 +440,144 @@ def decode_step(g: Geometry, schedule: Sequence[LayerWork], generated: int = 0) 
 
 
 # --------------------------------------------------------------------------------------------------
+# Schedules from plans: the visual tokens each layer holds, and what each class computes there
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptCounts:
+    """One prompt's tokens by class: the system prefix, the text after the image, the visual tokens."""
+
+    system: int
+    text: int
+    visual: int
+
+    @classmethod
+    def of(cls, batch: Any) -> PromptCounts:
+        """Sample 0's counts (FLOPs cells are batch 1), from the host-side layout."""
+        s, t, v = (batch.layout.count(k)[0] for k in (TokenType.SYSTEM, TokenType.TEXT, TokenType.VISUAL))
+        return cls(int(s), int(t), int(v))
+
+    @classmethod
+    def of_geometry(cls, g: Geometry) -> PromptCounts:
+        return cls(g.s, g.t - g.s, g.v)
+
+
+def visual_present(plan: VisualPlan, counts: PromptCounts) -> list[int]:
+    """Visual tokens present in each layer, from the plan alone: the reducer's and each selector's
+    ``kept`` (and ``recycled``) on host counts, as the executor compiles them."""
+    n0 = counts.visual if plan.reducer is None else plan.reducer.kept(counts.visual)
+    v, out = n0, []
+
+    def after(sel: Any, present: int) -> int:
+        c = SampleCounts(present, n0, counts.text, counts.system)
+        k = int(sel.kept(c))
+        return k + (int(sel.recycled(c, k)) if hasattr(sel, "recycle") else 0)
+
+    for lp in plan.layers:
+        if lp.drop_before is not None:
+            v = after(lp.drop_before, v)
+        out.append(v)
+        if lp.drop_after is not None:
+            v = after(lp.drop_after, v)
+    return out
+
+
+def schedule(
+    plan: VisualPlan,
+    counts: PromptCounts,
+    present: list[int] | None = None,
+    mode: str = "drop",
+    projector_shapes: tuple = (),
+    work: Literal["executor", "rule"] = "executor",
+    num_heads: int | None = None,
+) -> list[LayerWork]:
+    """LayerWork per layer of one prompt under ``plan``: each layer's roles (``LayerPlan.roles``)
+    applied to the visual tokens present there (``present``: measured by the executor, else
+    derived with :func:`visual_present`).  The one schedule behind counted cells and paper
+    geometries.
+
+    ``work="executor"``: what the drop-mode executor computes, with the attention rectangles it
+    issues (counted cells; every head, full key rows).  ``work="rule"``: what the method's rule needs,
+    as the papers count it (paper geometries): heads outside ``visual_heads`` do no visual work
+    (``num_heads`` gives the fraction), window queries see w x w neighbours plus the system prefix,
+    and attention areas follow the convention's formula.  Mask mode computes every row of the full
+    sequence in every layer (the plan applied by masks saves nothing)."""
+    present = visual_present(plan, counts) if present is None else present
+    s, txt, v0 = counts.system, counts.text, counts.visual
+    n_nv = s + txt
+    out: list[LayerWork] = []
+    for lp, v in zip(plan.layers, present, strict=True):
+        if mode == "mask":
+            n = n_nv + v0
+            out.append(LayerWork(t=n_nv, v_q=v0, v_k=v0, v_ffn=v0, attn_calls=(AttnCall(n, n),)))
+            continue
+        r = lp.roles
+        nq_nv = n_nv if r.system_query else txt
+        v_q = v if r.visual_query else 0
+        v_k = v if r.visual_key else 0
+        proj = projector_shapes if lp.kv_source == "projector" else ()
+        heads = {}
+        if work == "rule":
+            heads = _rule_heads(lp, num_heads)
+            if lp.visual_attn == "window":
+                heads["vrow_keys"] = float(lp.window * lp.window + s)
+        out.append(
+            LayerWork(
+                t=n_nv,
+                t_q=nq_nv,
+                v_q=v_q,
+                v_k=v_k,
+                v_ffn=0 if r.visual_ffn == "none" else v,
+                m_v=lp.visual_ffn if r.visual_ffn == "partial" else None,
+                attn_calls=(AttnCall(nq_nv + v_q, n_nv + v_k),) if work == "executor" else None,
+                proj=proj,
+                proj_rows=v if proj else 0,
+                **heads,
+            )
+        )
+    return out
+
+
+def plan_schedule(
+    g: Geometry, stack: str, params: dict[str, dict[str, Any]] | None = None, visual: int | None = None
+) -> Schedule | None:
+    """The schedule of a method stack at a geometry: the stack's plan built on a weightless
+    stand-in of the checkpoint (with what the methods bring, e.g. per-layer projectors), its
+    rule's work (``schedule(work="rule")``) on the geometry's prompt (``visual``: another visual
+    count entering the decoder).  None when the stack cannot be built there."""
+    from harness.baselines.registry import build_stack
+    from harness.models.geometry import GeometryBackbone
+    from harness.models.method import MethodError
+
+    try:
+        built = build_stack(stack, params)
+        bb = built.prepare_backbone(GeometryBackbone(g))
+        plan = built.plan(bb)
+    except MethodError:
+        return None
+    counts = PromptCounts.of_geometry(g)
+    if visual is not None:
+        counts = replace(counts, visual=visual)
+    shapes = getattr(bb, "layer_projector_shapes", ())
+    return schedule(plan, counts, projector_shapes=shapes, work="rule", num_heads=g.heads)
+
+
+def _rule_heads(lp: Any, num_heads: int | None) -> dict[str, float]:
+    """Head fractions of the visual work when only ``visual_heads`` serve visual tokens: their Q/O
+    and attention rows, and, when the others see no visual keys (``drop_keys``), the visual K/V and
+    the text rows' attention over visual keys too; with ``zero_values`` only the V projection."""
+    if lp.visual_heads is None:
+        return {}
+    if not num_heads:
+        raise ValueError("a plan with visual_heads needs num_heads for its rule's FLOPs")
+    f = len(lp.visual_heads) / num_heads
+    if lp.head_mode == "drop_keys":
+        return {"f": f, "f_k": f, "f_v": f, "f_tv": f}
+    return {"f": f, "f_v": f}
+
+
+# --------------------------------------------------------------------------------------------------
 # Closed forms used by the papers (for identities and tests)
 # --------------------------------------------------------------------------------------------------
 
@@ -484,71 +632,8 @@ def fastv_reduction(g: Geometry, k: int, n: int, n_hat: int) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
-# Method schedules (docs/seed-methods.md §2-6, docs/baselines.md §2)
+# Generic schedules (no method): dense, a pre-LLM reduction to k tokens, explicit per-layer counts
 # --------------------------------------------------------------------------------------------------
-
-# ShortV App. B Table 8: frozen layers in replacement order (ascending LC); N = prefix length.
-SHORTV_LAYERS: dict[str, tuple[int, ...]] = {
-    "llava-1.5-7b": (31, 29, 30, 28, 0, 26, 27, 25, 24, 22, 23, 21, 2, 3, 20, 18, 17, 12, 19),
-    "llava-1.5-13b": (
-        39, 32, 28, 36, 27, 37, 29, 30, 1, 38, 25, 31, 2, 26, 23, 34, 0, 33, 35, 22, 24, 21, 20, 17,
-    ),
-    "llava-next-7b": (31, 29, 30, 28, 26, 27, 22, 24, 21, 23, 25, 20, 19, 17, 18, 15, 12, 0, 2),
-    "llava-next-13b": (
-        39, 32, 29, 36, 27, 30, 37, 23, 25, 31, 26, 2, 28, 22, 33, 35, 34, 24, 38, 21, 20, 18, 1, 17,
-    ),
-}  # fmt: skip
-
-# ViCA T2V layers (docs/seed-methods.md §2.2).
-VICA_T2V: dict[str, tuple[int, ...]] = {
-    "mobilellama-2.7b": (0, 1, 14, 15, 18, 19, 21, 22, 23),
-    "llava-1.5-7b": (0, 1, 7, 8, 9, 10, 11, 14),
-    "llava-1.5-13b": (0, 6, 8, 9, 10, 13, 14, 16),
-}
-
-# ViCA's 7B checkpoint never queries the system prefix in prefill (docs/seed-methods.md §2.6).
-VICA_SYSTEM_QUERIES: dict[str, bool] = {"llava-1.5-7b": False}
-
-# Kept heads per layer of YOPO's shipped head masks (`LLaVA/headmask/headmask_*.npy` in
-# ZhangAIPI/YOPO_MLLM_Pruning @ f0783f4; row sums of the boolean [L, H] arrays). The 7B rows equal
-# docs/seed-methods.md §3.2; the 13B rows were read from the same files.
-HEADMASK_KEPT: dict[str, tuple[int, ...]] = {
-    "headmask_7b_8": (
-        32, 32, 0, 0, 1, 0, 1, 0, 4, 3, 5, 5, 10, 8, 18, 11, 9, 10, 9, 11, 15, 11, 11, 6, 11, 7, 10, 1,
-        4, 6, 2, 7,
-    ),
-    "headmask_7b_16": (
-        32, 32, 9, 5, 10, 4, 5, 15, 18, 13, 15, 20, 23, 24, 27, 23, 27, 17, 14, 18, 18, 16, 15, 8, 14,
-        10, 15, 5, 7, 11, 5, 24,
-    ),
-    "headmask_7b_24": (
-        32, 32, 32, 19, 24, 17, 21, 27, 26, 23, 27, 24, 28, 31, 31, 27, 29, 27, 23, 28, 25, 21, 20, 19,
-        18, 21, 20, 13, 18, 22, 16, 32,
-    ),
-    "headmask_13b_5": (
-        40, 40, 0, 0, 0, 0, 0, 0, 2, 0, 3, 2, 1, 3, 3, 7, 6, 7, 4, 6, 5, 2, 4, 5, 5, 6, 5, 3, 4, 1, 4, 2,
-        4, 0, 3, 1, 5, 4, 4, 9,
-    ),
-    "headmask_13b_10": (
-        40, 40, 4, 3, 0, 5, 2, 7, 13, 8, 10, 8, 12, 20, 9, 14, 14, 16, 17, 12, 14, 16, 9, 9, 9, 9, 8, 5,
-        5, 2, 4, 2, 6, 2, 4, 6, 7, 6, 9, 21,
-    ),
-    "headmask_13b_20": (
-        40, 40, 29, 24, 7, 21, 16, 11, 21, 21, 19, 20, 23, 28, 24, 25, 32, 26, 26, 25, 21, 26, 20, 12,
-        17, 12, 14, 11, 11, 9, 15, 10, 15, 10, 16, 16, 18, 18, 17, 32,
-    ),
-    "headmask_13b_30": (
-        40, 40, 40, 38, 31, 32, 29, 27, 33, 29, 33, 28, 33, 32, 32, 34, 39, 33, 32, 35, 30, 31, 31, 23,
-        23, 23, 22, 23, 16, 24, 28, 29, 28, 25, 30, 27, 24, 29, 26, 35,
-    ),
-}  # fmt: skip
-
-# seebench PDrop defaults for 192 / 128 / 64 layer-averaged tokens (docs/baselines.md §2.2).
-PDROP_DEFAULTS: dict[int, tuple[tuple[int, ...], float]] = {
-    192: ((8, 16, 24), 0.25),
-    128: ((2, 8, 16), 0.42),
-    64: ((2, 8, 16), 0.195),
-}
 
 
 def _t(g: Geometry, t: int | None) -> int:
@@ -575,192 +660,6 @@ def in_llm(g: Geometry, counts: Sequence[int], t: int | None = None) -> Schedule
     return [LayerWork(t=t, v_q=n, v_k=n) for n in counts]
 
 
-def fastv(
-    g: Geometry, k: int = 2, keep: int | None = None, ratio: float | None = 0.5, t: int | None = None
-) -> Schedule:
-    """FastV: all tokens in layers < K, then ``keep`` visual tokens (or R = ``ratio`` dropped)."""
-    x = keep if keep is not None else round(g.v * (1 - (ratio or 0.0)))
-    return in_llm(g, [g.v] * k + [x] * (g.layers - k), t)
-
-
-def fastv_keep_for_layer_avg(g: Geometry, target: float, k: int = 2) -> int:
-    """Kept count x with (K·v + (L-K)·x) / L = target (docs/methods.md §2.2: 192/128/64 -> 166/98/30)."""
-    return round((target * g.layers - k * g.v) / (g.layers - k))
-
-
-def vtw(g: Geometry, k: int, t: int | None = None) -> Schedule:
-    """VTW: visual tokens withdrawn from layer K on (v = 0 there)."""
-    return in_llm(g, [g.v] * k + [0] * (g.layers - k), t)
-
-
-def pdrop_counts(g: Geometry, layer_list: Sequence[int], lam: float) -> list[int]:
-    """Per-layer visual counts of PDrop: stage s keeps int(v·λ^s), drops before each listed layer."""
-    stage_counts = [int(g.v * lam**s) for s in range(len(layer_list) + 1)]
-    counts, stage = [], 0
-    for layer in range(g.layers):
-        while stage < len(layer_list) and layer >= layer_list[stage]:
-            stage += 1
-        counts.append(stage_counts[stage])
-    return counts
-
-
-def pdrop(
-    g: Geometry, layer_list: Sequence[int] = (8, 16, 24), lam: float = 0.5, t: int | None = None
-) -> Schedule:
-    """PDrop (docs/baselines.md §2.2); defaults λ = 0.5 at [8, 16, 24] (layer average 270)."""
-    return in_llm(g, pdrop_counts(g, layer_list, lam), t)
-
-
-def shortv(
-    g: Geometry,
-    n: int | None = None,
-    layers: Sequence[int] | None = None,
-    t: int | None = None,
-    extend: bool = False,
-) -> Schedule:
-    """ShortV: visual tokens frozen in N layers (v_q = 0, v_k = v there; docs/seed-methods.md §4.2).
-
-    ``layers`` explicit, else the first ``n`` of the backbone's published list (all of it if None).
-    The published lists stop at the paper's N (19 / 24); ``extend=True`` allows a larger ``n`` by
-    appending the remaining layers from the top down. Their true LC order is unknown, so use this for
-    FLOPs only (which depend on N alone), never to run the method.
-    """
-    if layers is None:
-        published = SHORTV_LAYERS[g.name]
-        n = len(published) if n is None else n
-        if n > len(published):
-            if not extend:
-                raise ValueError(f"published ShortV list for {g.name} has {len(published)} layers; n={n}")
-            rest = [i for i in reversed(range(g.layers)) if i not in published]
-            published = published + tuple(rest)
-        layers = published[:n]
-    frozen = set(layers)
-    t, v = _t(g, t), g.v
-    return [
-        LayerWork(t=t, v_q=0, v_k=v) if i in frozen else LayerWork(t=t, v_q=v, v_k=v) for i in range(g.layers)
-    ]
-
-
-def vica(
-    g: Geometry,
-    t2v_layers: Sequence[int] | None = None,
-    t: int | None = None,
-    system_queries: bool | None = None,
-) -> Schedule:
-    """ViCA: visual tokens never queried nor through the FFN; K/V only in T2V layers (docs/seed-methods.md §2.3).
-
-    ``system_queries`` False = the 7B checkpoint's quirk (S rows are never attention queries; their
-    Q/O and attention rows vanish, FFN kept). Default per checkpoint (`VICA_SYSTEM_QUERIES`).
-    """
-    layers = set(VICA_T2V[g.name] if t2v_layers is None else t2v_layers)
-    sq = VICA_SYSTEM_QUERIES.get(g.name, True) if system_queries is None else system_queries
-    t = _t(g, t)
-    t_q = None if sq else t - g.s
-    return [LayerWork(t=t, v_q=0, v_k=g.v if i in layers else 0, t_q=t_q) for i in range(g.layers)]
-
-
-def vica_pdrop(
-    g: Geometry,
-    layer_list: Sequence[int],
-    lam: float,
-    t2v_layers: Sequence[int] | None = None,
-    t: int | None = None,
-) -> Schedule:
-    """ViCA + PDrop: T2V layers see only the visual tokens PDrop keeps at that depth (docs/seed-methods.md §2.8).
-
-    The published combination's schedule is unknown; this takes an explicit PDrop schedule.
-    """
-    counts = pdrop_counts(g, layer_list, lam)
-    return [replace(w, v_k=counts[i] if w.v_k else 0) for i, w in enumerate(vica(g, t2v_layers, t))]
-
-
-def yopo(
-    g: Geometry,
-    head_mask: str | Sequence[int] = "headmask_7b_16",
-    k_cut: int = 16,
-    w: int = 5,
-    s: int | None = None,
-    r: int = 2,
-    semantics: Literal["paper", "reference"] = "paper",
-    t: int | None = None,
-    window_borders: bool = False,
-    grid: int = 24,
-) -> Schedule:
-    """YOPO (docs/seed-methods.md §3; docs/flops.md §2.4).
-
-    ``paper`` (= the derived model of docs/flops.md §2.4, also `yopo_textonly`): for l < K_cut visual rows use
-    kept heads only (Q, K, V, O x f_l), see w² window keys + s system keys, FFN width m/r; non-visual rows
-    see visual keys in kept heads; from K_cut on no visual computation at all.
-    ``reference``: the released simulation's drop-mode cost: visual K in all heads, V only in kept
-    heads, text rows attend visual keys in all heads, and after K_cut visual K and the m/r FFN still run.
-    ``window_borders``: clip the window at the ``grid`` borders (the paper model ignores them).
-    """
-    kept = HEADMASK_KEPT[head_mask] if isinstance(head_mask, str) else tuple(head_mask)
-    if len(kept) != g.layers:
-        raise ValueError(f"head mask has {len(kept)} layers, {g.name} has {g.layers}")
-    t, v = _t(g, t), g.v
-    s = g.s if s is None else s
-    mv = g.intermediate // r
-    if window_borders:
-        rad = (w - 1) // 2
-        per_axis = sum(min(i + rad, grid - 1) - max(i - rad, 0) + 1 for i in range(grid))
-        win = per_axis**2 / (grid * grid)
-    else:
-        win = float(w * w)
-    out: Schedule = []
-    for layer in range(g.layers):
-        f = kept[layer] / g.heads
-        if semantics == "paper":
-            if layer < k_cut:
-                out.append(LayerWork(t=t, v_q=v, v_k=v, f=f, f_k=f, f_v=f, f_tv=f, m_v=mv, vrow_keys=win + s))
-            else:
-                out.append(LayerWork(t=t))
-        elif semantics == "reference":
-            if layer < k_cut:
-                out.append(LayerWork(t=t, v_q=v, v_k=v, f=f, f_v=f, m_v=mv, vrow_keys=win + s))
-            else:
-                out.append(LayerWork(t=t, v_q=0, v_k=v, v_ffn=v, f_v=0.0, m_v=mv))
-        else:
-            raise ValueError(f"unknown YOPO semantics {semantics!r}")
-    return out
-
-
-def saisa(g: Geometry, vision_width: int | None = None, t: int | None = None) -> Schedule:
-    """SAISA: visual-frozen attention in every layer, visual K/V from a per-layer projector P_l(f).
-
-    P_l = Linear(D_v -> h), GELU, Linear(h -> h) on the v raw patch features (docs/seed-methods.md §5.2),
-    counted as the separate line ``decoder_projectors`` (docs/flops.md §1). The global LLaVA projector is
-    dead computation in SAISA (layer 0 overwrites its output): report with ``analyze(...,
-    projector_rows=0)``.
-    """
-    t, v, h = _t(g, t), g.v, g.hidden
-    dv = g.vision.width if vision_width is None else vision_width
-    proj = ((dv, h), (h, h))
-    return [LayerWork(t=t, v_q=0, v_k=v, v_ffn=0, proj=proj, proj_rows=v) for _ in range(g.layers)]
-
-
-def naavit(g: Geometry, t: int | None = None) -> Schedule:
-    """NAAViT: visual tokens never queried, FFN kept, K/V from the current state (docs/seed-methods.md §6)."""
-    t, v = _t(g, t), g.v
-    return [LayerWork(t=t, v_q=0, v_k=v, v_ffn=v) for _ in range(g.layers)]
-
-
-SCHEDULES: dict[str, Callable[..., Schedule]] = {
-    "dense": dense,
-    "prune": prune,
-    "in_llm": in_llm,
-    "fastv": fastv,
-    "vtw": vtw,
-    "pdrop": pdrop,
-    "shortv": shortv,
-    "vica": vica,
-    "vica_pdrop": vica_pdrop,
-    "yopo": yopo,
-    "saisa": saisa,
-    "naavit": naavit,
-}
-
-
 # --------------------------------------------------------------------------------------------------
 # Paper table
 # --------------------------------------------------------------------------------------------------
@@ -775,56 +674,17 @@ PAPER_BACKBONES = (
 )
 
 # Published values (TFLOPs) that the analytic model must reproduce (docs/flops.md §3; LLaVA-1.5-7B only).
-_PUBLISHED: dict[tuple[str, str, str], tuple[dict[str, float], str]] = {
-    ("llava-1.5-7b", "dense", "576 tokens"): (
+#: published values of the rows no method owns: the dense model and a pre-LLM reduction to k tokens
+_PUBLISHED: dict[tuple[str, str], tuple[dict[str, float], str]] = {
+    ("llava-1.5-7b", "576 tokens"): (
         {"tflops": 8.5, "tflops_visual_yopo": 7.63, "tflops_visual_vica": 7.65},
         "ShortV Table 1; YOPO Table 2; ViCA Table 1",
     ),
-    ("llava-1.5-7b", "shortv", "N=19"): ({"tflops": 4.7, "ratio": 0.55}, "ShortV Table 1"),
-    ("llava-1.5-7b", "vtw", "K=16"): ({"tflops": 4.7, "ratio": 0.55}, "ShortV Table 1"),
-    ("llava-1.5-7b", "vica", "8 T2V layers"): (
-        {"tflops_visual_vica": 0.31, "equiv_tokens": 24},
-        "ViCA Table 1",
-    ),
-    ("llava-1.5-7b", "prune", "64 tokens"): ({"tflops_visual_vica": 0.83}, "ViCA Table 1"),
-    ("llava-1.5-7b", "prune", "32 tokens"): ({"tflops_visual_vica": 0.42}, "ViCA Table 1"),
-    ("llava-1.5-7b", "vica+pdrop", "12 tokens (FLOPs-equivalent)"): (
-        {"tflops_visual_vica": 0.16},
-        "ViCA Table 1",
-    ),
-    ("llava-1.5-7b", "yopo", "25% (headmask_7b_16, K_cut=16, w=5, s=35, r=2)"): (
-        {"tflops_visual_yopo": 1.91},
-        "YOPO Table 2",
-    ),
+    ("llava-1.5-7b", "64 tokens"): ({"tflops_visual_vica": 0.83}, "ViCA Table 1"),
+    ("llava-1.5-7b", "32 tokens"): ({"tflops_visual_vica": 0.42}, "ViCA Table 1"),
 }
-for _n, _v in {4: 7.7, 8: 6.9, 12: 6.1, 16: 5.3, 20: 4.5, 24: 3.7, 28: 2.9}.items():
-    _PUBLISHED[("llava-1.5-7b", "shortv", f"N={_n}")] = ({"tflops": _v}, "ShortV Table 11")
-
-# ShortV Table 11 N sweeps (the published N first).
-_SHORTV_SWEEP: dict[str, tuple[int, ...]] = {
-    "llava-1.5-7b": (19, 4, 8, 12, 16, 20, 24, 28),
-    "llava-1.5-13b": (24, 8, 16, 28, 32, 36),
-    "llava-next-7b": (19, 8, 16, 24),
-    "llava-next-13b": (24, 8, 16, 32),
-}
-_VTW_K = {"llava-1.5-7b": 16, "llava-1.5-13b": 20, "llava-next-7b": 16, "llava-next-13b": 20}
-# YOPO settings with a computable per-layer head count (the released checkpoints' settings are unknown,
-# docs/seed-methods.md §3.5): 7B 25% = the derived candidate of docs/flops.md §3; 13B = the flags of
-# `finetune_yopo.sh` (headcut 30, layercut 20), a candidate only.
-_YOPO: dict[str, tuple[str, str, int, str]] = {
-    "llava-1.5-7b": (
-        "25% (headmask_7b_16, K_cut=16, w=5, s=35, r=2)",
-        "headmask_7b_16",
-        16,
-        "derived candidate",
-    ),
-    "llava-1.5-13b": (
-        "finetune flags (headmask_13b_30, K_cut=20, w=5, s=35, r=2)",
-        "headmask_13b_30",
-        20,
-        "candidate: training flags of finetune_yopo.sh (30% of V_Y(576), neither 25% nor 12%); checkpoint settings unknown",
-    ),
-}
+#: visual tokens a generic pre-LLM reduction keeps, per family
+_PRUNE_TOKENS = {"llava": (192, 128, 64, 32), "llava_next": (640, 320, 160), "qwen2_vl": (128, 64)}
 
 
 def _row(
@@ -834,8 +694,10 @@ def _row(
     schedule: Schedule | None,
     dense_tflops: float,
     *,
-    visual_convention: str = "vica",
+    visual_convention: str = VISUAL_CONVENTIONS[1],
     visual_override: tuple[float, float] | None = None,
+    published: dict[str, float] | None = None,
+    source: str = "",
     note: str = "",
 ) -> dict[str, Any]:
     """One table row at t = 64: totals in the ShortV convention (+ exact), visual sides, budgets."""
@@ -860,78 +722,50 @@ def _row(
         visual_convention=visual_convention,
         tflops_visual_yopo=vy,
         tflops_visual_vica=vc,
-        tflops_visual=vy if visual_convention == "yopo" else vc,
+        tflops_visual=vy if visual_convention == VISUAL_CONVENTIONS[0] else vc,
         equiv_tokens=equiv_tokens(g, vc * 1e12),
     )
-    published, source = _PUBLISHED.get((g.name, method, setting), ({}, ""))
-    row.update(published=published, source=source, note=note)
+    row.update(published=published or {}, source=source, note=note)
     return row
 
 
 def paper_table(backbones: Sequence[str] = PAPER_BACKBONES) -> list[dict[str, Any]]:
-    """Published backbones x methods at t = 64 (ShortV convention for totals, TFLOPs = 10^12 FLOPs).
+    """Published backbones x the settings the papers report, at t = 64 (ShortV convention for
+    totals, TFLOPs = 10^12 FLOPs).  Each registered method states its rows (``Method.paper_rows``:
+    knobs and printed values); a row's schedule is the one its plan gives (:func:`plan_schedule`).
 
     Keys: backbone, method, setting, convention ("shortv": MHA formula, t = 64), tflops (decoder prefill,
     incl. SAISA projectors), ratio (to the dense row), tflops_exact (GQA-aware, t = 64),
     visual_convention, tflops_visual (in that convention), tflops_visual_yopo, tflops_visual_vica,
     equiv_tokens (k*), layer_avg (T̄), published (values as printed), source, note.
     """
+    from harness.baselines.registry import get, names
+    from harness.models.geometry import GeometryBackbone
+
     rows: list[dict[str, Any]] = []
     for name in backbones:
         g = PAPER_GEOMETRIES[name].with_tokens(t=64)
+        stand_in = GeometryBackbone(g)
         dense_t = analyze(g, dense(g), "shortv").decoder_total.tflops
-        rows.append(_row(g, "dense", f"{g.v} tokens", dense(g), dense_t))
-        for n in _SHORTV_SWEEP.get(name, ()):
-            rows.append(_row(g, "shortv", f"N={n}", shortv(g, n, extend=True), dense_t))
-        if name in _VTW_K:
-            k = _VTW_K[name]
-            rows.append(_row(g, "vtw", f"K={k}", vtw(g, k), dense_t))
-        if g.family != "qwen2_vl":
-            rows.append(_row(g, "fastv", "K=2 R=50%", fastv(g, 2, ratio=0.5), dense_t))
-        if name in VICA_T2V:
-            n_t2v = len(VICA_T2V[name])
-            rows.append(_row(g, "vica", f"{n_t2v} T2V layers", vica(g), dense_t))
-        if name == "llava-1.5-7b":
-            vc12 = vica_visual_flops(g, 12) / 1e12
+        published, source = _PUBLISHED.get((name, f"{g.v} tokens"), ({}, ""))
+        rows.append(_row(g, "dense", f"{g.v} tokens", dense(g), dense_t, published=published, source=source))
+        for method in names()[1:]:
+            for r in get(method).paper_rows(stand_in):
+                stack = r.stack or method
+                tokens = r.visual_tokens_label
+                sched = None if tokens is not None else plan_schedule(g, stack, r.knobs)
+                override = None
+                if tokens is not None:
+                    override = (yopo_visual_flops(g, tokens) / 1e12, vica_visual_flops(g, tokens) / 1e12)
+                rows.append(
+                    _row(g, r.label or method, r.setting, sched, dense_t, visual_convention=r.visual_convention,
+                         visual_override=override, published=r.published, source=r.source, note=r.note)
+                )  # fmt: skip
+        for k in _PRUNE_TOKENS[g.family]:
+            published, source = _PUBLISHED.get((name, f"{k} tokens"), ({}, ""))
             rows.append(
-                _row(
-                    g,
-                    "vica+pdrop",
-                    "12 tokens (FLOPs-equivalent)",
-                    None,
-                    dense_t,
-                    visual_override=(yopo_visual_flops(g, 12) / 1e12, vc12),
-                    note="schedule unknown; visual side = V_C(12) from the Token label",
-                )
+                _row(g, "prune", f"{k} tokens", prune(g, k), dense_t, published=published, source=source)
             )
-        if name in _YOPO:
-            setting, mask, k_cut, note = _YOPO[name]
-            sched = yopo(g, mask, k_cut=k_cut, w=5, s=35, r=2)
-            rows.append(_row(g, "yopo", setting, sched, dense_t, visual_convention="yopo", note=note))
-        if g.family in ("llava", "llava_next"):
-            rows.append(_row(g, "saisa", "per-layer projectors 1024->h->h", saisa(g), dense_t))
-            rows.append(_row(g, "naavit", "all layers", naavit(g), dense_t))
-        if g.family == "llava":
-            for target, (layer_list, lam) in PDROP_DEFAULTS.items():
-                rows.append(
-                    _row(
-                        g,
-                        "pdrop",
-                        f"{target} layer-avg ({list(layer_list)}, λ={lam})",
-                        pdrop(g, layer_list, lam),
-                        dense_t,
-                    )
-                )
-            for target in (192, 128, 64):
-                x = fastv_keep_for_layer_avg(g, target)
-                rows.append(
-                    _row(g, "fastv", f"{target} layer-avg (K=2 keep {x})", fastv(g, 2, keep=x), dense_t)
-                )
-        budgets = {"llava": (192, 128, 64, 32), "llava_next": (640, 320, 160), "qwen2_vl": (128, 64)}[
-            g.family
-        ]
-        for k in budgets:
-            rows.append(_row(g, "prune", f"{k} tokens", prune(g, k), dense_t))
     return rows
 
 

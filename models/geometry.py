@@ -224,6 +224,13 @@ class GeometryBackbone:
         self.num_heads, self.num_kv_heads, self.head_dim = g.heads, g.kv_heads, g.head_dim
         self.source = f"geometry:{g.name}"  # no checkpoint folder: no stored calibration either
         self.info: dict[str, Any] = {}
+        #: (in, out) of each matrix of a per-layer projector a method brings (SAISA), else ()
+        self.layer_projector_shapes: tuple[tuple[int, int], ...] = ()
+
+    def with_layer_projectors(self, shapes: tuple[tuple[int, int], ...]) -> GeometryBackbone:
+        out = GeometryBackbone(self.geometry)
+        out.layer_projector_shapes = shapes
+        return out
 
 
 def get_geometry(name: str) -> Geometry:

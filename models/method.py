@@ -9,18 +9,41 @@ needs its own weights.  Stacks compose in the order pre-llm -> structural -> in-
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .errors import SeebenchError
 from .plan import VisualPlan
 
 Stage = Literal["pre-llm", "structural", "in-llm"]
 STAGE_ORDER: dict[str, int] = {"pre-llm": 0, "structural": 1, "in-llm": 2}
 
 
-class MethodError(ValueError):
+class MethodError(SeebenchError):
     """Bad method name, parameter or stack; one line naming it and the fix."""
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One row of the published FLOPs table (``harness flops --suite paper``): a setting a paper
+    reports, as the knobs of the method that owns it, and the values the paper printed.
+
+    ``stack`` is the stack whose plan gives the paper's arithmetic when it is not the method alone
+    (e.g. YOPO's published figures follow its stated intent, ``yopo_textonly``); ``label`` the name
+    the row carries; ``visual_tokens_label`` a row whose schedule the paper does not give, only a
+    FLOPs-equivalent visual token count."""
+
+    setting: str
+    knobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stack: str | None = None
+    label: str | None = None
+    visual_convention: Literal["vica", "yopo"] = "vica"
+    visual_tokens_label: float | None = None
+    published: dict[str, float] = field(default_factory=dict)
+    source: str = ""
+    note: str = ""
 
 
 class Method(BaseModel):
@@ -73,6 +96,12 @@ class Method(BaseModel):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "stage": self.stage, "params": self.settings()}
+
+    @classmethod
+    def paper_rows(cls, backbone: Any) -> list[PaperRow]:
+        """The settings the papers report FLOPs for, at a published checkpoint's weightless
+        stand-in (``models/geometry.py: GeometryBackbone``); [] when none."""
+        return []
 
     # ---- calibration (``harness calibrate METHOD``; models/calibration.py)
     #: the key a calibrating method stores in seebench.json and reads back as its default

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .backbones.llava import LlavaBackbone
-from .method import Method, MethodError
+from .geometry import GeometryBackbone
+from .method import Method, MethodError, PaperRow
 from .plan import KV_ONLY, VisualPlan
 
 
@@ -102,6 +103,8 @@ class SAISA(Method):
     needs_weights: ClassVar[bool] = True
 
     def validate_for(self, backbone: Any) -> None:
+        if isinstance(backbone, GeometryBackbone) and backbone.layer_projector_shapes:
+            return
         if not isinstance(backbone, SaisaBackbone):
             raise MethodError(
                 "method 'saisa' needs a SAISA checkpoint with per-layer projectors "
@@ -110,7 +113,11 @@ class SAISA(Method):
 
     def prepare_backbone(self, backbone: Any) -> Any:
         """A random-init LLaVA decoder gets random per-layer projectors (no SAISA checkpoint exists
-        at the published geometries); anything else is returned as it is (and validated)."""
+        at the published geometries); a weightless stand-in of a published checkpoint declares the
+        projectors' shapes (D_v -> h, h -> h); anything else is returned as it is (and validated)."""
+        if isinstance(backbone, GeometryBackbone) and backbone.family in ("llava", "llava_next"):
+            h = backbone.hidden_size
+            return backbone.with_layer_projectors(((backbone.geometry.vision.width, h), (h, h)))
         if (
             isinstance(backbone, SaisaBackbone)
             or backbone.family != "llava"
@@ -125,3 +132,9 @@ class SAISA(Method):
             for lp in plan.layers
         )
         return replace(plan, layers=layers)
+
+    @classmethod
+    def paper_rows(cls, backbone: Any) -> list[PaperRow]:
+        if backbone.family not in ("llava", "llava_next"):
+            return []
+        return [PaperRow(f"per-layer projectors {backbone.geometry.vision.width}->h->h")]

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from .method import Method, MethodError
+from .method import Method, MethodError, PaperRow
 from .plan import INVISIBLE, KV_ONLY, VisualPlan
 
 T2V_LAYERS: dict[str, list[int]] = {
@@ -84,6 +84,29 @@ class ViCA(Method):
                 replace(base, system_query=i in sq, drop_before=lp.drop_before, drop_after=lp.drop_after)
             )
         return dc_replace(plan, layers=tuple(layers))
+
+    @classmethod
+    def paper_rows(cls, backbone: Any) -> list[PaperRow]:
+        """ViCA Table 1: the checkpoints' T2V layers; ViCA + PDrop only as a FLOPs-equivalent
+        token count (its schedule is not published)."""
+        key = PUBLISHED.get((backbone.family, backbone.num_layers, backbone.hidden_size))
+        if key not in T2V_LAYERS:
+            return []
+        rows = [PaperRow(f"{len(T2V_LAYERS[key])} T2V layers")]
+        if key == "llava-1.5-7b":
+            rows[0] = replace(rows[0], published={"tflops_visual_vica": 0.31, "equiv_tokens": 24},
+                              source="ViCA Table 1")  # fmt: skip
+            rows.append(
+                PaperRow(
+                    "12 tokens (FLOPs-equivalent)",
+                    label="vica+pdrop",
+                    visual_tokens_label=12,
+                    published={"tflops_visual_vica": 0.16},
+                    source="ViCA Table 1",
+                    note="schedule unknown; visual side = V_C(12) from the Token label",
+                )  # fmt: skip
+            )
+        return rows
 
 
 def _default_t2v(n: int) -> list[int]:

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
+from paper_schedules import (
+    HEADMASK_KEPT,
+    PDROP_DEFAULTS,
+    fastv,
+    fastv_keep_for_layer_avg,
+    naavit,
+    pdrop,
+    pdrop_counts,
+    saisa,
+    shortv,
+    vica,
+    vtw,
+    yopo,
+)
 
 from harness.flops_analytic import (
     CONVENTIONS,
-    HEADMASK_KEPT,
-    PDROP_DEFAULTS,
     AttnCall,
     LayerWork,
     analyze,
@@ -19,24 +30,14 @@ from harness.flops_analytic import (
     equiv_tokens,
     f2_macs,
     f3_macs,
-    fastv,
-    fastv_keep_for_layer_avg,
     fastv_reduction,
     layer_average,
     layer_count,
-    naavit,
     paper_table,
-    pdrop,
-    pdrop_counts,
     prune,
-    saisa,
-    shortv,
     shortv_dense_flops,
     shortv_frozen_flops,
-    vica,
     vica_visual_flops,
-    vtw,
-    yopo,
     yopo_visual_flops,
 )
 from harness.models.geometry import PAPER_GEOMETRIES, get_geometry, hf_config, hf_visual_tokens
@@ -286,10 +287,8 @@ def test_lm_head_rows():
 # ------------------------------------------------------------------------------------------------
 
 
-def test_paper_table_fast_and_reproduces_published():
-    start = time.perf_counter()
+def test_paper_table_reproduces_published():
     rows = paper_table()
-    assert time.perf_counter() - start < 1.0
     keys = {"backbone", "method", "setting", "convention", "tflops", "tflops_visual"}
     assert all(keys <= set(r) for r in rows)
     assert {r["backbone"] for r in rows} == set(PAPER_GEOMETRIES)
@@ -340,7 +339,9 @@ def test_hf_config_full_size():
 
 
 def test_helpers_and_report_units():
-    from harness.flops_analytic import Compute, attention_score_overhead, decode_step, vica_pdrop
+    from paper_schedules import vica_pdrop
+
+    from harness.flops_analytic import Compute, attention_score_overhead, decode_step
 
     combo = vica_pdrop(G7, (8, 16, 24), 0.5)
     assert visual(combo, "vica") < visual(vica(G7), "vica")

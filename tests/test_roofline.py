@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from paper_schedules import vica
 
 from harness import flops_analytic as fa
 from harness import roofline as rf
@@ -19,7 +20,7 @@ FP16 = rf.dtype_bytes(torch.float16)
 
 def _schedules():
     g = G7.with_tokens(v=576, t=64)
-    return g, fa.dense(g), fa.vica(g, t2v_layers=VICA_T2V_7B, system_queries=False)
+    return g, fa.dense(g), vica(g, t2v_layers=VICA_T2V_7B, system_queries=False)
 
 
 def _hw(name: str) -> rf.Hardware:

@@ -4,13 +4,14 @@ analytic model's hand-written schedules of the papers."""
 
 from __future__ import annotations
 
+import paper_schedules as ps
 import pytest
 from method_params import PARAMS
 
 import harness.flops_analytic as fa
 from harness.availability import analytic_schedule
 from harness.baselines.registry import build_stack, names
-from harness.flops import PromptCounts, visual_present
+from harness.flops_analytic import PromptCounts, visual_present
 from harness.models.backbones.random import ragged_samples
 from harness.models.executor import Executor
 
@@ -42,14 +43,14 @@ def _of_576(b):
 
 HAND = [  # (method, params, the paper model's own schedule of it)
     ("dense", {}, fa.dense(G7)),
-    ("vica", {}, fa.vica(G7)),  # the 7B checkpoint: 8 T2V layers, no system queries
-    ("shortv", {}, fa.shortv(G7)),  # the published 19 layers
-    ("shortv", {"n": 8}, fa.shortv(G7, 8)),
-    ("naavit", {}, fa.naavit(G7)),
-    ("vtw", {"k": 16}, fa.vtw(G7, 16)),
-    ("fastv", {}, fa.fastv(G7, 2, ratio=0.5)),
-    ("fastv", {"k": 3, "budget": 64}, fa.fastv(G7, 3, keep=_of_576(64))),
-    *[("pdrop", {"budget": b}, fa.pdrop(G7, *PDROP[b])) for b in PDROP],
+    ("vica", {}, ps.vica(G7)),  # the 7B checkpoint: 8 T2V layers, no system queries
+    ("shortv", {}, ps.shortv(G7)),  # the published 19 layers
+    ("shortv", {"n": 8}, ps.shortv(G7, 8)),
+    ("naavit", {}, ps.naavit(G7)),
+    ("vtw", {"k": 16}, ps.vtw(G7, 16)),
+    ("fastv", {}, ps.fastv(G7, 2, ratio=0.5)),
+    ("fastv", {"k": 3, "budget": 64}, ps.fastv(G7, 3, keep=_of_576(64))),
+    *[("pdrop", {"budget": b}, ps.pdrop(G7, *PDROP[b])) for b in PDROP],
     *[("random", {"budget": b}, fa.in_llm(G7, [_of_576(b)] * G7.layers)) for b in (192, 128, 64)],
     *[
         ("dart", {"budget": b}, fa.in_llm(G7, [G7.v] * 2 + [4 + 8 * (_of_576(b) // 8)] * 30))
@@ -66,17 +67,65 @@ def test_paper_geometry_schedule_is_the_methods_plan(method, params, hand):
         assert fa.analyze(g, derived, convention).as_dict() == fa.analyze(g, hand, convention).as_dict()
 
 
-def test_a_method_that_needs_its_own_modules_has_no_paper_schedule():
-    assert analytic_schedule("llava-1.5-7b", "saisa", {}) is None
+def test_a_stack_that_cannot_be_built_there_has_no_paper_schedule():
+    assert analytic_schedule("qwen2-vl-7b", "shortv", {}) is None  # no published or calibrated list
+    g, sched = analytic_schedule("llava-1.5-7b", "saisa", {})  # SAISA brings projectors' shapes
+    assert fa.analyze(g, sched).decoder_projectors.flops > 0
 
 
-def test_the_paper_models_published_constants_are_the_methods_own():
-    """Until the paper table is derived from plans, its copies must agree with the methods'."""
-    from harness.baselines.pdrop import SCHEDULES
+def test_the_restated_published_constants_are_the_methods_own():
+    """The tests' restatement quotes the papers; the methods hold the same lists."""
+    from harness.baselines.pdrop import BUDGET_SCHEDULES
     from harness.baselines.shortv import PUBLISHED_LAYERS
     from harness.models.vica import T2V_LAYERS
 
-    assert {k: list(v) for k, v in fa.SHORTV_LAYERS.items()} == PUBLISHED_LAYERS
+    assert {k: list(v) for k, v in ps.SHORTV_LAYERS.items()} == PUBLISHED_LAYERS
     by_geometry = {"mobilellama-2.7b": "llava-1.5-3b"}  # the 3B ViCA model's geometry
-    assert {by_geometry.get(k, k): list(v) for k, v in fa.VICA_T2V.items()} == T2V_LAYERS
-    assert {b: (list(layers), lam) for b, (layers, lam) in fa.PDROP_DEFAULTS.items()} == SCHEDULES
+    assert {by_geometry.get(k, k): list(v) for k, v in ps.VICA_T2V.items()} == T2V_LAYERS
+    assert {b: (list(layers), lam) for b, (layers, lam) in ps.PDROP_DEFAULTS.items()} == BUDGET_SCHEDULES
+
+
+def _yopo_heads(mask):
+    return [list(range(n)) for n in ps.HEADMASK_KEPT[mask]]
+
+
+RULES = [  # schedules whose paper convention needs the rule's work (head fractions, windows, projectors)
+    ("saisa", {}, ps.saisa(G7)),
+    (
+        "yopo_textonly",
+        {"head_mask": _yopo_heads("headmask_7b_16"), "k_cut": 16},
+        ps.yopo(G7, "headmask_7b_16", 16),
+    ),
+    (
+        "yopo_textonly",
+        {"head_mask": _yopo_heads("headmask_7b_8"), "k_cut": 8},
+        ps.yopo(G7, "headmask_7b_8", 8),
+    ),
+    (
+        "yopo",
+        {"head_mask": _yopo_heads("headmask_7b_16"), "k_cut": 16},
+        ps.yopo(G7, "headmask_7b_16", 16, semantics="reference"),
+    ),
+    ("shortv", {"layers": list(range(31, 3, -1))}, ps.shortv(G7, layers=range(31, 3, -1))),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "hand"), RULES, ids=[f"{m}-{i}" for i, (m, _, _) in enumerate(RULES)]
+)
+def test_paper_conventions_follow_from_the_plans(method, params, hand):
+    derived = fa.plan_schedule(G7, method, {method: params})
+    for convention in ("exact", "shortv"):
+        assert fa.analyze(G7, derived, convention).as_dict() == fa.analyze(G7, hand, convention).as_dict()
+
+
+def test_the_paper_table_rows_are_the_methods_own():
+    rows = fa.paper_table(["llava-1.5-7b", "llava-1.5-13b"])
+    by = {(r["backbone"], r["method"], r["setting"]): r for r in rows}
+    yopo = by[("llava-1.5-7b", "yopo", "25% (headmask_7b_16, K_cut=16, w=5, s=35, r=2)")]
+    assert yopo["published"] == {"tflops_visual_yopo": 1.91} and yopo["visual_convention"] == "yopo"
+    # PDrop's rank layers scale with depth: the "192" schedule averages 192 tokens on 40 layers too
+    assert by[("llava-1.5-13b", "pdrop", "192 layer-avg ([8, 16, 24], λ=0.25)")]["layer_avg"] == 191.25
+    assert {m for _, m, _ in by} == {
+        "dense", "fastv", "naavit", "pdrop", "prune", "saisa", "shortv", "vica", "vica+pdrop", "vtw", "yopo",
+    }  # fmt: skip
