@@ -88,7 +88,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 
 
-class HardwareError(HarnessError, ValueError):
+class HardwareError(HarnessError):
     """Peak numbers cannot be determined for a device (one line, names the override flags)."""
 
 

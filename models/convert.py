@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from .errors import SeebenchError
+
 LLAMA_KEYS = (
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
     "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta", "hidden_act",
@@ -26,7 +28,7 @@ LLAMA_KEYS = (
 )  # fmt: skip
 
 
-class ConvertError(ValueError):
+class ConvertError(SeebenchError):
     """One line naming the missing piece and the fix."""
 
 

@@ -28,8 +28,10 @@ from typing import Any
 
 import torch
 
+from .errors import SeebenchError
 
-class GraphError(ValueError):
+
+class GraphError(SeebenchError):
     """A call that cannot be captured as a CUDA graph (the reason in one line)."""
 
 

@@ -20,10 +20,12 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from .errors import SeebenchError
+
 PAD, SYS, VIS, TXT = 0, 1, 2, 3  # TokenType values (batch.py)
 
 
-class LayoutError(ValueError):
+class LayoutError(SeebenchError):
     """A batch whose token layout the executor cannot plan; one line naming the fix."""
 
 

@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from .errors import SeebenchError
 from .selection import SampleCounts, SelectContext, top_k_slots
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,7 +53,7 @@ PositionPolicy = Literal["keep", "renumber"]
 ScoreNeed = Literal["attn_last", "attn_rows", "keys", "hidden_out", "hidden_in"]
 
 
-class PlanError(ValueError):
+class PlanError(SeebenchError):
     """A plan that cannot be executed; the message names the layer and the field."""
 
 

@@ -90,3 +90,71 @@ def test_run_uses_every_core_for_untimed_cells_unless_told(tmp_path, monkeypatch
         (rec,) = [json.loads(p.read_text()) for p in out.glob("*.json")]
         assert rec["details"]["threads"] == want
     torch.set_num_threads(before)
+
+
+def test_help_imports_no_torch():
+    """`harness --help` and every command's --help stay light: handlers import torch inside run()."""
+    code = (
+        "import sys\n"
+        "from harness.cli import COMMANDS, build_parser, main\n"
+        "sub = next(a for a in build_parser()._actions if a.__class__.__name__ == '_SubParsersAction')\n"
+        "for argv in [[], *([name] for name in sub.choices)]:\n"
+        "    try:\n"
+        "        main([*argv, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'pandas') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_error_class_is_a_seebench_error():
+    """One user-error base (models/errors.py): main catches SeebenchError once."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    from harness.models.errors import SeebenchError
+
+    root = Path(__file__).resolve().parent.parent
+    found = []
+    for folder, package in (
+        ("harness", "harness"),
+        ("models", "harness.models"),
+        ("baselines", "harness.baselines"),
+    ):
+        for py in sorted((root / folder).rglob("*.py")):
+            names = [n.name for n in ast.parse(py.read_text()).body
+                     if isinstance(n, ast.ClassDef) and n.name.endswith("Error")]  # fmt: skip
+            if names:
+                parts = py.relative_to(root / folder).with_suffix("").parts
+                module = importlib.import_module(".".join((package, *parts)).removesuffix(".__init__"))
+                found += [(module.__name__, name, getattr(module, name)) for name in names]
+    assert {name for _, name, _ in found} >= {"HarnessError", "MethodError", "PlanError", "BackboneError",
+                                              "ConvertError", "CheckpointError", "GraphError"}  # fmt: skip
+    assert [(m, n) for m, n, cls in found if not issubclass(cls, SeebenchError)] == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["flops", "--random", "llava-1.5", "--method", "fastvv"],
+            "unknown method 'fastvv': did you mean 'fastv'?",
+        ),
+        (
+            ["convert", "llava-original", "{tmp}", "--vision-tower", "{tmp}", "--out", "{tmp}/out"],
+            "has no config.json",
+        ),
+        (
+            ["latency", "--geometry", "llava-1.5", "--layers", "2", "--warmup", "-1"],
+            "timing needs warmup >= 0",
+        ),
+    ],
+)
+def test_user_errors_reach_main_as_one_line(args, message, tmp_path, capsys):
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in args]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("harness: error: ") and message in err[0], err

@@ -12,7 +12,8 @@ import argparse
 import os
 import sys
 
-from ..errors import HarnessError
+from harness.models.errors import SeebenchError
+
 from . import (
     calibrate,
     compare,
@@ -58,16 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     try:
         return args.func(args)
-    except HarnessError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # MethodError / PlanError / GraphError: one line naming the problem
-        from harness.models.cuda_graphs import GraphError
-        from harness.models.method import MethodError
-        from harness.models.plan import PlanError
-
-        if not isinstance(exc, MethodError | PlanError | GraphError):
-            raise
+    except SeebenchError as exc:  # every user error (models/errors.py): one line, the problem and the fix
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

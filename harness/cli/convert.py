@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import HarnessError
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     cv = subparsers.add_parser(
@@ -21,12 +19,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.models.convert import ConvertError, convert_llava_original
+    from harness.models.convert import convert_llava_original
 
-    try:
-        meta = convert_llava_original(args.src, args.vision_tower, args.out)
-    except ConvertError as exc:
-        raise HarnessError(str(exc)) from None
+    meta = convert_llava_original(args.src, args.vision_tower, args.out)  # ConvertError: one line
     print(
         f"converted {args.src} -> {args.out} ({meta.get('architecture', 'llava')}); check it with: harness verify {args.out}"
     )

@@ -30,7 +30,6 @@ def run(args: argparse.Namespace) -> int:
     if args.suite:
         return _flops_paper(args)
     from harness.baselines.registry import build_stack
-    from harness.models.method import MethodError
 
     from ..backbones import open_backbone
     from ..flops import flops_cell
@@ -39,12 +38,9 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.model) == bool(args.random):
         raise HarnessError("give --suite paper, a checkpoint directory, or --random FAMILY")
     bb = open_backbone(args.model or f"random:{args.random}")
-    try:
-        stack = build_stack(args.method, parse_params(args.params))
-        bb = stack.prepare_backbone(bb)  # e.g. random per-layer projectors on a random decoder
-        plan = stack.plan(bb)
-    except MethodError as exc:
-        raise HarnessError(str(exc)) from None
+    stack = build_stack(args.method, parse_params(args.params))
+    bb = stack.prepare_backbone(bb)  # e.g. random per-layer projectors on a random decoder
+    plan = stack.plan(bb)
     cell = flops_cell(bb, verify_inputs(bb, 1, 0)[0], plan, args.mode)
     data = {"backbone": bb.source, "method": args.method, "mode": args.mode, **cell.metrics(),
             "fvcore_vs_analytic": cell.rel_diff(), "unsupported_ops": cell.counted.unsupported}  # fmt: skip

@@ -71,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
     from harness.models.backbones.base import collate
     from harness.models.backbones.synthetic import SYNTHETIC_TOKEN_LAYOUTS as GEOMETRIES
     from harness.models.backbones.synthetic import synthetic_backbone, synthetic_batch
-    from harness.models.method import MethodError
 
     from .. import environment
     from ..backbones import DTYPES
@@ -101,12 +100,12 @@ def run(args: argparse.Namespace) -> int:
     # built and encoded on the CPU in float32; then the model and the batch move together
     bb.to(device, DTYPES[args.dtype])
     batch = batch.to(device, DTYPES[args.dtype])
+    plan = build_stack(method, parse_params(args.params)).plan(bb)
     try:
-        plan = build_stack(method, parse_params(args.params)).plan(bb)
         timing = TimingConfig(
             args.warmup, args.min_repeats, args.min_time, max(args.min_repeats, args.max_repeats)
         )
-    except (MethodError, ValueError) as exc:
+    except ValueError as exc:  # a plain ValueError there (--warmup -1, --min-time -1) is the user's
         raise HarnessError(str(exc)) from None
     for flag, value in (("--peak-tflops", args.peak_tflops), ("--bandwidth-gbs", args.bandwidth_gbs)):
         if value is not None and not value > 0:

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from ..batch import Batch
+from ..errors import SeebenchError
 
 
-class BackboneError(ValueError):
+class BackboneError(SeebenchError):
     """Bad backbone input; the message is one line that names the problem and the fix."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import SeebenchError
 from . import tokenizer as tk
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -76,7 +77,7 @@ def pixel_values(images) -> torch.Tensor:
     return (x - mean) / std
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SeebenchError):
     """A missing or corrupted embedded checkpoint; one line naming the file and the rebuild command."""
 
 
