@@ -131,7 +131,7 @@ class ReducedVisual:
 @dataclass(frozen=True)
 class Roles:
     """What the visual tokens and the system prefix do in one layer.  The one statement of that
-    rule: the executors' row sets and the FLOPs schedule read it."""
+    rule: the executors' row sets, the FLOPs schedule and the tiny lab's training masks read it."""
 
     visual_query: bool  # visual rows are attention queries
     visual_key: bool  # visual rows are keys/values of the layer's attention (for some query)

@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ..plan import LayerPlan, VisualPlan
+from ..vica import ViCA
 from . import shapes
 from . import tokenizer as tk
 from .model import TinyConfig, file_sha256
@@ -65,6 +68,7 @@ class Pass:
     blind: torch.Tensor | None = None  # vica: the mask outside the T2V layers
     raw: torch.Tensor | None = None  # saisa: the raw vision features [B, 144, d_vis]
     windowed: torch.Tensor | None = None  # yopo: the mask before the cut
+    plans: tuple[LayerPlan, ...] = ()  # per layer, the rules (``Arch.layer_plans``)
 
 
 class Arch:
@@ -85,6 +89,11 @@ class Arch:
 
     def add_parameters(self, structure: Structure, model, seed: int, device: torch.device | str) -> None:
         """Create the structure's own trainable parameters (none here)."""
+
+    def layer_plans(self, structure: Structure, num_layers: int) -> tuple[LayerPlan, ...]:
+        """What visual tokens do in each layer, as the executor's plans state it; the hooks read
+        each layer's ``LayerPlan.roles`` (and head set) instead of restating the rule."""
+        return VisualPlan.dense(num_layers).layers
 
     def save(self, out_dir: Path, structure: Structure, meta: dict[str, Any]) -> None:
         """Write the structure's own files beside the weights and its entries into ``meta`` (the
@@ -134,6 +143,11 @@ class Vica(Arch):
     def card(self, rec: dict[str, Any], meta: dict[str, Any]) -> str:
         return f"The VICA structure in training: text reads visual K/V only in layers {rec['t2v_layers']}."
 
+    def layer_plans(self, structure: Structure, num_layers: int) -> tuple[LayerPlan, ...]:
+        vica = ViCA(t2v_layers=list(structure.t2v), system_query_layers=list(range(num_layers)))
+        decoder = SimpleNamespace(family="llava", num_layers=num_layers, hidden_size=0)  # no published list
+        return vica.apply(VisualPlan.dense(num_layers), decoder).layers
+
     def embed(self, fw: Pass, emb: torch.Tensor) -> torch.Tensor:
         fw.emb = super().embed(fw, emb)
         # text rows cannot read visual columns outside the T2V layers; visual rows still see the
@@ -146,7 +160,7 @@ class Vica(Arch):
         if li == 0:
             img0 = len(PREFIX_WORDS)
             fw.fixed_states.append(fw.emb[:, img0 : img0 + tk.NUM_IMAGE_TOKENS])
-        return h, fw.batch.mask if li in fw.structure.t2v else fw.blind
+        return h, fw.batch.mask if fw.plans[li].roles.text_reads_visual else fw.blind
 
 
 class Saisa(Arch):
@@ -203,6 +217,18 @@ class Yopo(Arch):
     def structure(self, cfg: TinyConfig, t2v_layers: tuple[int, ...]) -> Structure:
         return yopo_structure(cfg)
 
+    def layer_plans(self, structure: Structure, num_layers: int) -> tuple[LayerPlan, ...]:
+        """The ``yopo`` method's layers: windowed visual queries, the served heads and a partial
+        visual FFN before the cut; after it no head serves visual tokens (their values zeroed)."""
+        width, masks = structure.ffn_width, structure.head_mask
+        return tuple(
+            LayerPlan(visual_attn="window", window=structure.window, visual_ffn=width, head_mode="zero_values",
+                      visual_heads=None if masks is None else tuple(masks[li]))
+            if li < structure.k_cut
+            else LayerPlan(visual_query=False, visual_ffn=width, visual_heads=(), head_mode="zero_values")
+            for li in range(num_layers)
+        )  # fmt: skip
+
     def save(self, out_dir: Path, structure: Structure, meta: dict[str, Any]) -> None:
         meta["architecture"] = "yopo"
         meta["yopo"] = {
@@ -231,8 +257,9 @@ class Yopo(Arch):
     def run_layer(
         self, fw: Pass, layer, li: int, h: torch.Tensor, mask: torch.Tensor, cos_sin
     ) -> torch.Tensor:
-        allowed = fw.windowed if li < fw.structure.k_cut else mask
-        return _yopo_layer(layer, li, h, allowed, fw.vis, cos_sin, fw.structure)
+        lp = fw.plans[li]
+        allowed = fw.windowed if lp.roles.visual_query else mask
+        return _yopo_layer(layer, lp, h, allowed, fw.vis, cos_sin)
 
 
 ARCH_BY_NAME: dict[str, Arch] = {a.name: a for a in (Dense(), Vica(), Saisa(), Yopo())}
@@ -260,6 +287,7 @@ def forward_packed(
     arch = structure.arch
     emb = lm.embed_tokens(batch.input_ids)
     fw = Pass(model, batch, structure, vis=batch.input_ids == IMAGE_ID)
+    fw.plans = arch.layer_plans(structure, len(lm.layers))
     img0 = len(PREFIX_WORDS)
     h = arch.embed(fw, emb)
     cos_sin = lm.rotary_emb(h, batch.positions)
@@ -336,9 +364,10 @@ def _yopo_window(vis: torch.Tensor, window: int) -> torch.Tensor:
     return near & vis[:, :, None] & vis[:, None, :]
 
 
-def _yopo_layer(layer, li: int, h, allowed, vis, cos_sin, structure: Structure) -> torch.Tensor:
-    """One decoder layer under YOPO's rules, from the layer's own submodules (no HF forward);
-    ``allowed`` [B, 1, N, N] is the layer's mask (windowed visual queries before the cut)."""
+def _yopo_layer(layer, lp: LayerPlan, h, allowed, vis, cos_sin) -> torch.Tensor:
+    """One decoder layer under YOPO's rules as ``lp`` states them (served heads, visual FFN width),
+    from the layer's own submodules (no HF forward); ``allowed`` [B, 1, N, N] is the layer's mask
+    (windowed visual queries before the cut)."""
     attn = layer.self_attn
     b, n, _ = h.shape
     d = attn.head_dim
@@ -351,10 +380,8 @@ def _yopo_layer(layer, li: int, h, allowed, vis, cos_sin, structure: Structure) 
     heads = q.shape[1]
     k = k.repeat_interleave(heads // k.shape[1], dim=1)
     v = v.repeat_interleave(heads // v.shape[1], dim=1)
-    before_cut = li < structure.k_cut
     served = torch.zeros(heads, dtype=torch.bool, device=h.device)
-    if before_cut:
-        served[list(structure.head_mask[li]) if structure.head_mask is not None else slice(None)] = True
+    served[slice(None) if lp.visual_heads is None else list(lp.visual_heads)] = True
     pruned = ~served[None, :, None, None]  # [1, H, 1, 1]
     qv = vis[:, None, :, None]  # [B, 1, N, 1]: visual rows (as queries, and as keys of v)
     v = v.masked_fill(pruned & qv, 0.0)  # pruned heads: visual values zeroed
@@ -364,7 +391,7 @@ def _yopo_layer(layer, li: int, h, allowed, vis, cos_sin, structure: Structure) 
     mlp = layer.mlp
     hn = layer.post_attention_layernorm(h)
     act = mlp.act_fn(mlp.gate_proj(hn)) * mlp.up_proj(hn)
-    keep = ~vis[..., None] | (torch.arange(act.shape[-1], device=h.device) < structure.ffn_width)
+    keep = ~vis[..., None] | (torch.arange(act.shape[-1], device=h.device) < lp.visual_ffn)
     return h + mlp.down_proj(act * keep.to(act.dtype))
 
 
