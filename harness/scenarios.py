@@ -2,17 +2,27 @@
 
 ``verify``: the executor against the HF forward (dense) or drop mode against mask mode (any other
 method) on a ragged batch; metrics are the same figures ``harness verify`` prints.
+
+The commands that measure one thing outside a suite (``harness flops``, ``harness latency``,
+``harness verify --random``) take their inputs and measurements from the functions here
+(:func:`verify_inputs`, :func:`count_flops`, :func:`cell_batch`, :func:`timing_config`), so a
+command and a suite cell with the same settings measure the same thing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.models.backbones.base import Backbone, collate
 from harness.models.backbones.random import ragged_samples
+from harness.models.plan import VisualPlan
 from harness.models.verify import checkpoint_samples, verify_dense, verify_plan
+
+if TYPE_CHECKING:
+    from .flops import FlopsCell
+    from .latency import TimingConfig
 
 
 @dataclass
@@ -83,14 +93,21 @@ def run_verify(ctx: CellContext) -> tuple[dict[str, float], dict[str, Any]]:
     }
 
 
+def count_flops(bb: Backbone, plan: VisualPlan, mode: str, seed: int = 0) -> FlopsCell:
+    """fvcore count of one prefill (of the first input :func:`verify_inputs` gives) against the
+    analytic model."""
+    from .flops import flops_cell
+
+    return flops_cell(bb, verify_inputs(bb, 1, seed)[0], plan, mode)
+
+
 def run_flops(ctx: CellContext) -> tuple[dict[str, float], dict[str, Any]]:
     """fvcore count of the cell's prefill (drop mode: what really ran) against the analytic model."""
-    from .flops import UNSUPPORTED_LIMIT, flops_cell
+    from .flops import UNSUPPORTED_LIMIT
 
     sc = ctx.cell.scenario
-    inputs = verify_inputs(ctx.backbone, 1, sc.seed)[0]
     plan = ctx.stack.plan(ctx.backbone)
-    cell = flops_cell(ctx.backbone, inputs, plan, ctx.cell.mode)
+    cell = count_flops(ctx.backbone, plan, ctx.cell.mode, sc.seed)
     metrics = cell.metrics()
     rel = cell.rel_diff()
     details = {
@@ -121,14 +138,22 @@ def cell_batch(bb: Backbone, n: int, seed: int):
     return bb.encode(collate(bb, samples) if len(samples) > 1 else samples[0])
 
 
+def timing_config(warmup: int, min_repeats: int, min_time_s: float, max_repeats: int = 200) -> TimingConfig:
+    """The timing of a latency cell (at least ``min_repeats`` repeats, at
+    most ``max(min_repeats, max_repeats)``); a plain ValueError for impossible settings."""
+    from .latency import TimingConfig
+
+    return TimingConfig(warmup, min_repeats, min_time_s, max(min_repeats, max_repeats))
+
+
 def run_latency(ctx: CellContext) -> tuple[dict[str, float], dict[str, Any]]:
     """Prefill and decode timing of the method vs dense, same run (a separate pass from accuracy)."""
-    from .latency import TimingConfig, measure
+    from .latency import measure
 
     sc = ctx.cell.scenario
     batch = cell_batch(ctx.backbone, sc.batch_size, sc.seed)
     plan = ctx.stack.plan(ctx.backbone)
-    timing = TimingConfig(sc.warmup, sc.min_repeats, sc.min_time_s, max(sc.min_repeats, 200))
+    timing = timing_config(sc.warmup, sc.min_repeats, sc.min_time_s)
     res = measure(
         ctx.backbone,
         batch,

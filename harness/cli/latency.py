@@ -68,14 +68,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from harness.baselines.registry import build_stack
-    from harness.models.backbones.base import collate
     from harness.models.backbones.synthetic import SYNTHETIC_TOKEN_LAYOUTS as GEOMETRIES
-    from harness.models.backbones.synthetic import synthetic_backbone, synthetic_batch
+    from harness.models.backbones.synthetic import synthetic_backbone
 
     from .. import environment
     from ..backbones import DTYPES
-    from ..latency import TimingConfig, measure
-    from ..scenarios import verify_inputs
+    from ..latency import measure
+    from ..scenarios import cell_batch, timing_config
 
     chosen = [x for x in (args.geometry, args.model, args.random) if x]
     if len(chosen) != 1:
@@ -90,21 +89,17 @@ def run(args: argparse.Namespace) -> int:
         with torch.device(device):
             bb = synthetic_backbone(args.geometry, layers=args.layers, hidden=args.hidden, heads=args.heads)
             bb = build_stack(method, parse_params(args.params)).prepare_backbone(bb)
-        batch = synthetic_batch(bb, args.geometry, args.batch, args.seed)
     else:
         from ..backbones import open_backbone
 
         bb = open_backbone(args.model or f"random:{args.random}")
-        samples = verify_inputs(bb, args.batch, args.seed)
-        batch = bb.encode(collate(bb, samples) if len(samples) > 1 else samples[0])
+    batch = cell_batch(bb, args.batch, args.seed)  # the inputs a suite's latency cell times
     # built and encoded on the CPU in float32; then the model and the batch move together
     bb.to(device, DTYPES[args.dtype])
     batch = batch.to(device, DTYPES[args.dtype])
     plan = build_stack(method, parse_params(args.params)).plan(bb)
     try:
-        timing = TimingConfig(
-            args.warmup, args.min_repeats, args.min_time, max(args.min_repeats, args.max_repeats)
-        )
+        timing = timing_config(args.warmup, args.min_repeats, args.min_time, args.max_repeats)
     except ValueError as exc:  # a plain ValueError there (--warmup -1, --min-time -1) is the user's
         raise HarnessError(str(exc)) from None
     for flag, value in (("--peak-tflops", args.peak_tflops), ("--bandwidth-gbs", args.bandwidth_gbs)):

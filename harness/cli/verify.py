@@ -24,10 +24,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.models.backbones.random import ragged_samples
     from harness.models.verify import checkpoint_samples, verify_dense
 
     from ..backbones import open_backbone
+    from ..scenarios import verify_inputs
 
     if bool(args.model) == bool(args.random):
         raise HarnessError(
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.random:
         bb = open_backbone(f"random:{args.random}")
-        samples = ragged_samples(bb, args.batch, args.seed)
+        samples = verify_inputs(bb, args.batch, args.seed)  # a suite's verify cell: ragged random inputs
     else:
         bb = open_backbone(args.model)
         try:
