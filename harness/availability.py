@@ -99,7 +99,7 @@ def cell_needs(cell: Any) -> Needs:
 def analytic_schedule(geometry: str, method: str, params: dict[str, dict[str, Any]]):
     """(geometry, schedule) of a method stack at a published geometry (None when the stack cannot
     be built there)."""
-    from . import flops_analytic as fa
+    from .flops import model as fa
 
     g = fa.get_geometry(geometry)
     found = fa.plan_schedule(g, method, params)
@@ -109,7 +109,7 @@ def analytic_schedule(geometry: str, method: str, params: dict[str, dict[str, An
 def analytic_flops_metrics(
     geometry: str, method: str, params: dict[str, dict[str, Any]]
 ) -> dict[str, float] | None:
-    from . import flops_analytic as fa
+    from .flops import model as fa
 
     found = analytic_schedule(geometry, method, params)
     if found is None:
@@ -144,7 +144,7 @@ def estimate_gpu_minutes(cell: Any) -> float | None:
 
 
 def _latency_minutes(cell: Any, geometry: str) -> float | None:
-    from . import flops_analytic as fa
+    from .flops import model as fa
 
     try:
         m = analytic_flops_metrics(geometry, cell.method.name, cell.method.params)

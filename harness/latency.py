@@ -37,9 +37,8 @@ from harness.models.cuda_graphs import GraphedDecode, GraphedPrefill, GraphError
 from harness.models.executor import Executor
 from harness.models.plan import VisualPlan
 
-from . import flops_analytic as fa
 from . import roofline
-from .flops import geometry_of, schedule_from_plan, selector_overhead
+from .flops.counted import analytic_prefill
 from .opcount import count_call
 from .reference import HFReference, attention_implementation, using_attention
 
@@ -154,9 +153,10 @@ class LatencyResult:
 
 
 def per_sample_work(bb: Backbone, batch: Batch, plan: VisualPlan, mode: str) -> list[tuple]:
-    """Per sample: (batch-1 view, layer stats, analytic geometry, LayerWork schedule).  Drop-mode
-    stats come from compiling the plan against the sample's layout (host arithmetic, no prefill);
-    mask mode runs one."""
+    """Per sample: (geometry, LayerWork schedule, analytic report) of its batch-1 prefill, from
+    the same pipeline as FLOPs cells (``flops.counted.analytic_prefill``).  Drop-mode stats come
+    from compiling the plan against the sample's layout (host arithmetic, no prefill); mask mode
+    runs one."""
     out = []
     for i in range(batch.batch_size):
         one = batch.select([i])
@@ -166,22 +166,17 @@ def per_sample_work(bb: Backbone, batch: Batch, plan: VisualPlan, mode: str) -> 
             if mode == "drop"
             else ex.prefill(one, plan, cache_extra=None).stats
         )
-        out.append((one, stats, geometry_of(bb, one), schedule_from_plan(plan, stats, one, mode, bb)))
+        out.append(analytic_prefill(bb, one, plan, stats, mode))
     return out
 
 
 def decoder_flops(bb: Backbone, batch: Batch, plan: VisualPlan, mode: str, work: list | None = None) -> float:
-    """Analytic decoder prefill FLOPs (exact convention, incl. score rows) summed over the batch."""
-    total = 0.0
-    for one, stats, g, sched in work or per_sample_work(bb, batch, plan, mode):
-        rep = fa.analyze(g, sched, "exact", lm_head="last")
-        total += rep.decoder_total.flops + rep.lm_head.flops + overhead_flops(plan, stats, one, g, bb)
-    return total
-
-
-def overhead_flops(plan: VisualPlan, stats, one: Batch, g, bb: Backbone) -> float:
-    """FLOPs a method spends choosing tokens (selector score rows, a pre-LLM reducer's work)."""
-    return 2 * selector_overhead(plan, stats, one, g, bb)
+    """Analytic decoder prefill FLOPs (exact convention, incl. score rows and the LM-head row)
+    summed over the batch."""
+    return sum(
+        rep.decoder_total.flops + rep.lm_head.flops + rep.overhead.flops
+        for _, _, rep in work or per_sample_work(bb, batch, plan, mode)
+    )
 
 
 def measure(
@@ -307,10 +302,10 @@ def measure(
         )
         size = roofline.dtype_bytes(batch.embeds.dtype)
         times = {
-            k: roofline.batch_time([(g, w) for _, _, g, w in works[k]], size, hw) for k in ("dense", "method")
+            k: roofline.batch_time([(g, w) for g, w, _ in works[k]], size, hw) for k in ("dense", "method")
         }
         # the method's own selection work (score rows, a reducer) runs at peak at best
-        overhead = sum(overhead_flops(plan, st, one, g, bb) for one, st, g, _ in works["method"])
+        overhead = sum(rep.overhead.flops for _, _, rep in works["method"])
         times["method"] += overhead / (hw.peak_tflops * 1e12)
         metrics["roofline_bound"] = times["dense"] / times["method"]
         metrics["conversion_roofline"] = metrics["speedup"] / metrics["roofline_bound"]

@@ -13,7 +13,7 @@ Model. Each decoder layer l is a roofline of its own::
 and a prefill takes ``sum_l time_l`` plus the LM head, timed the same way. The roofline bound of a
 method is ``T_dense / T_method`` on the same hardware, batch and dtype.
 
-FLOPs of a layer (per batch of B samples) = B x the analytic count of `harness.flops_analytic` under
+FLOPs of a layer (per batch of B samples) = B x the analytic count of `harness.flops.model` under
 the ``exact`` convention: ``layer_count(g, w).decoder`` plus the layer's own projector (SAISA), x 2 for
 FLOPs (the analytic module counts MACs). Attention therefore uses the same rectangles as the FLOPs
 bound the harness reports, so the two bounds are computed from the same work.
@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.errors import HarnessError
-from harness.flops_analytic import LayerWork, layer_count
+from harness.flops.model import LayerWork, layer_count
 from harness.models.geometry import Geometry
 
 __all__ = [

@@ -21,7 +21,7 @@ from harness.models.plan import VisualPlan
 from harness.models.verify import checkpoint_samples, verify_dense, verify_plan
 
 if TYPE_CHECKING:
-    from .flops import FlopsCell
+    from .flops.counted import FlopsCell
     from .latency import TimingConfig
 
 
@@ -96,14 +96,14 @@ def run_verify(ctx: CellContext) -> tuple[dict[str, float], dict[str, Any]]:
 def count_flops(bb: Backbone, plan: VisualPlan, mode: str, seed: int = 0) -> FlopsCell:
     """fvcore count of one prefill (of the first input :func:`verify_inputs` gives) against the
     analytic model."""
-    from .flops import flops_cell
+    from .flops.counted import flops_cell
 
     return flops_cell(bb, verify_inputs(bb, 1, seed)[0], plan, mode)
 
 
 def run_flops(ctx: CellContext) -> tuple[dict[str, float], dict[str, Any]]:
     """fvcore count of the cell's prefill (drop mode: what really ran) against the analytic model."""
-    from .flops import UNSUPPORTED_LIMIT
+    from .flops.counted import UNSUPPORTED_LIMIT
 
     sc = ctx.cell.scenario
     plan = ctx.stack.plan(ctx.backbone)

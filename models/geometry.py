@@ -1,6 +1,6 @@
 """Paper geometries: the shapes of the published backbones, without weights.
 
-A `Geometry` carries everything the analytic FLOPs model (`harness.flops_analytic`) needs and enough to
+A `Geometry` carries everything the analytic FLOPs model (`harness.flops.model`) needs and enough to
 build the matching Hugging Face config at full size (`hf_config`), so that a model can be instantiated
 under `FakeTensorMode` (no memory allocated) and its operations counted.
 

@@ -1,5 +1,5 @@
 """The papers' own per-method FLOPs schedules, restated for the tests, independently of the
-plans: seebench derives every schedule from a method's plan (``harness.flops_analytic.plan_schedule``);
+plans: seebench derives every schedule from a method's plan (``harness.flops.model.plan_schedule``);
 these hand-written ones are what the plans must reproduce (tests/test_schedule.py) and what the
 published numbers are checked against (tests/test_flops_analytic.py).
 """
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Literal
 
-from harness.flops_analytic import LayerWork, Schedule, in_llm
+from harness.flops.model import LayerWork, Schedule, in_llm
 from harness.models.geometry import Geometry
 
 

@@ -87,7 +87,7 @@ def test_convert_maps_every_weight_and_verifies(tmp_path):
 
 def test_saisa_checkpoint_runs_with_its_projectors(tmp_path):
     from harness.baselines.registry import build_stack
-    from harness.flops import flops_cell
+    from harness.flops.counted import flops_cell
     from harness.models.saisa import SaisaBackbone
     from harness.models.verify import checkpoint_samples
 

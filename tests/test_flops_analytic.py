@@ -20,21 +20,23 @@ from paper_schedules import (
     yopo,
 )
 
-from harness.flops_analytic import (
+from harness.flops.crosscheck import cross_check_dense
+from harness.flops.model import (
     CONVENTIONS,
     AttnCall,
     LayerWork,
     analyze,
-    cross_check_dense,
     dense,
+    layer_average,
+    layer_count,
+    prune,
+)
+from harness.flops.paper import (
     equiv_tokens,
     f2_macs,
     f3_macs,
     fastv_reduction,
-    layer_average,
-    layer_count,
     paper_table,
-    prune,
     shortv_dense_flops,
     shortv_frozen_flops,
     vica_visual_flops,
@@ -341,7 +343,7 @@ def test_hf_config_full_size():
 def test_helpers_and_report_units():
     from paper_schedules import vica_pdrop
 
-    from harness.flops_analytic import Compute, attention_score_overhead, decode_step
+    from harness.flops.model import Compute, attention_score_overhead, decode_step
 
     combo = vica_pdrop(G7, (8, 16, 24), 0.5)
     assert visual(combo, "vica") < visual(vica(G7), "vica")

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from harness import flops as fl
+from harness.flops import counted as fl
 from harness.models.backbones.random import ragged_samples
 from harness.models.plan import VisualPlan
 from harness.models.plan_spec import parse_plan
@@ -76,7 +76,7 @@ def test_vision_tower_counts_the_layers_really_run(models):
     g = fl.geometry_of(bb, batch)
     assert g.vision.layers_needed == total - 1
     counted = fl.count_prefill(bb, inputs, VisualPlan.dense(bb.num_layers))
-    from harness.flops_analytic import vision_tower_compute
+    from harness.flops.model import vision_tower_compute
 
     assert counted.vision_tower == vision_tower_compute(g, total - 1).macs
     assert counted.vision_tower < vision_tower_compute(g, total).macs
@@ -109,6 +109,7 @@ def test_sdpa_handle_counts_the_full_rectangle():
     assert an.total() == 2 * 2 * 4 * 10 * 30 * 16
 
 
+@pytest.mark.slow
 def test_paper_flops_cli_json():
     out = subprocess.run([sys.executable, "-m", "harness.cli", "flops", "--suite", "paper", "--json"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip

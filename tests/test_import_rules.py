@@ -16,7 +16,7 @@ import ast
 from pathlib import Path
 
 from harness.baselines.registry import METHODS
-from harness.flops_analytic import CONVENTIONS, VISUAL_CONVENTIONS
+from harness.flops.model import CONVENTIONS, VISUAL_CONVENTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 METHOD_API = {
@@ -65,7 +65,7 @@ def _docstrings(tree: ast.AST) -> set[int]:
 
 
 def _defines_them(path: Path) -> bool:
-    return path.name == "flops_analytic.py" and path.parent.name == "harness"
+    return path.name in ("model.py", "paper.py") and path.parent.name == "flops"
 
 
 def method_names_in(path: Path) -> list[str]:

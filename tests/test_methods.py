@@ -7,7 +7,7 @@ from conftest import kept_after
 from method_params import CLIP_METHODS, PARAMS
 
 from harness.baselines.registry import build_stack, names
-from harness.flops import flops_cell
+from harness.flops.counted import flops_cell
 from harness.models.backbones.base import collate
 from harness.models.backbones.random import ragged_samples
 from harness.models.executor import Executor

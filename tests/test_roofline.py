@@ -8,9 +8,9 @@ import pytest
 import torch
 from paper_schedules import vica
 
-from harness import flops_analytic as fa
 from harness import roofline as rf
-from harness.flops_analytic import LayerWork
+from harness.flops import model as fa
+from harness.flops.model import LayerWork
 from harness.models.geometry import CLIP_L14_336, Geometry, get_geometry
 
 G7 = get_geometry("llava-1.5-7b")

@@ -8,10 +8,11 @@ import paper_schedules as ps
 import pytest
 from method_params import PARAMS
 
-import harness.flops_analytic as fa
+import harness.flops.model as fa
 from harness.availability import analytic_schedule
 from harness.baselines.registry import build_stack, names
-from harness.flops_analytic import PromptCounts, visual_present
+from harness.flops.model import PromptCounts, visual_present
+from harness.flops.paper import paper_table
 from harness.models.backbones.random import ragged_samples
 from harness.models.executor import Executor
 
@@ -120,7 +121,7 @@ def test_paper_conventions_follow_from_the_plans(method, params, hand):
 
 
 def test_the_paper_table_rows_are_the_methods_own():
-    rows = fa.paper_table(["llava-1.5-7b", "llava-1.5-13b"])
+    rows = paper_table(["llava-1.5-7b", "llava-1.5-13b"])
     by = {(r["backbone"], r["method"], r["setting"]): r for r in rows}
     yopo = by[("llava-1.5-7b", "yopo", "25% (headmask_7b_16, K_cut=16, w=5, s=35, r=2)")]
     assert yopo["published"] == {"tflops_visual_yopo": 1.91} and yopo["visual_convention"] == "yopo"

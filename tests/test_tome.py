@@ -124,7 +124,7 @@ def test_batched_equals_batch1_on_a_ragged_batch(random_backbones):
 def test_quota_beyond_one_round_reaches_the_budget_and_flops_match():
     """The tiny model's ViT (3 layers, 144 patches) cannot reach 16 tokens with one round per
     layer: extra rounds in a layer make up the quota; the FLOPs count still equals the model."""
-    from harness.flops import flops_cell
+    from harness.flops.counted import flops_cell
     from harness.models.backbones.loading import wrap
     from harness.models.tiny.model import TinyConfig, build_model
     from harness.models.tiny.shapes import make_sample
@@ -166,7 +166,7 @@ def test_one_tower_pass_merges_inside_the_towers_forward(llava576):
     """ToMe's FLOPs record one tower pass, with merging, in place of the dense one: the tower line
     counts the merged token counts per block (fvcore == analytic), k rows go through the projector,
     and the method's overhead is the matching alone."""
-    from harness.flops import flops_cell
+    from harness.flops.counted import flops_cell
     from harness.models.plan import VisualPlan
 
     bb = llava576

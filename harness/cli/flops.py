@@ -68,20 +68,21 @@ def run(args: argparse.Namespace) -> int:
 def _flops_paper(args: argparse.Namespace) -> int:
     import time
 
-    from .. import flops_analytic as fa
+    from ..flops.crosscheck import cross_check_dense
+    from ..flops.paper import paper_table
 
     if args.suite != "paper":
         raise HarnessError(
             f"harness flops --suite takes 'paper' (the published geometries), got '{args.suite}'"
         )
     t0 = time.perf_counter()
-    rows = fa.paper_table()
+    rows = paper_table()
     checks = []
     if not args.no_check:
         from harness.models.geometry import PAPER_GEOMETRIES
 
         for name in PAPER_GEOMETRIES:
-            res = fa.cross_check_dense(PAPER_GEOMETRIES[name])
+            res = cross_check_dense(PAPER_GEOMETRIES[name])
             checks.append({"backbone": name, **res})
     elapsed = time.perf_counter() - t0
     out = Path(args.out) if args.out else None

@@ -30,7 +30,7 @@ from harness.models.executor import Executor, LayerStats
 from harness.models.geometry import Geometry, VisionGeometry
 from harness.models.plan import VisualPlan
 
-from . import flops_analytic as fa
+from . import model as fa
 
 UNSUPPORTED_LIMIT = 0.01
 
@@ -441,12 +441,13 @@ class FlopsCell:
         return out
 
 
-def flops_cell(bb: Backbone, inputs: dict[str, Any], plan: VisualPlan, mode: str = "drop") -> FlopsCell:
-    """Count (fvcore) and model (analytic) one batch-1 prefill of ``plan``."""
-    batch = bb.encode(inputs, tower=plan.tower)
-    if batch.batch_size != 1:
-        raise ValueError("FLOPs are counted per sample: give batch-1 inputs")
-    stats = Executor(bb, mode).prefill(batch, plan, cache_extra=None).stats
+def analytic_prefill(
+    bb: Backbone, batch: Batch, plan: VisualPlan, stats: list[LayerStats], mode: str = "drop"
+) -> tuple[Geometry, list[fa.LayerWork], fa.FlopsReport]:
+    """The analytic model of one batch-1 prefill the executor ran (``stats``: its per-layer
+    visual counts): the geometry, the schedule, and the report in the exact convention with one
+    LM-head row, the selectors' and reducer's overhead, a merging tower's tokens, and the vision
+    layers the executor really runs.  FLOPs cells and latency records both use it."""
     g = geometry_of(bb, batch)
     work = schedule_from_plan(plan, stats, batch, mode, bb)
     overhead = fa.Compute(selector_overhead(plan, stats, batch, g, bb))
@@ -460,7 +461,16 @@ def flops_cell(bb: Backbone, inputs: dict[str, Any], plan: VisualPlan, mode: str
         g, work, "exact", lm_head="last", vision_crops=g.vision.crops, overhead=overhead, **tower
     )
     # the executor runs only the vision layers it needs (select layer -2 -> one fewer)
-    report = replace(report, vision_tower=report.vision_tower_needed)
+    return g, work, replace(report, vision_tower=report.vision_tower_needed)
+
+
+def flops_cell(bb: Backbone, inputs: dict[str, Any], plan: VisualPlan, mode: str = "drop") -> FlopsCell:
+    """Count (fvcore) and model (analytic) one batch-1 prefill of ``plan``."""
+    batch = bb.encode(inputs, tower=plan.tower)
+    if batch.batch_size != 1:
+        raise ValueError("FLOPs are counted per sample: give batch-1 inputs")
+    stats = Executor(bb, mode).prefill(batch, plan, cache_extra=None).stats
+    g, work, report = analytic_prefill(bb, batch, plan, stats, mode)
     counted = count_prefill(bb, inputs, plan, mode)
     conventions = {}
     for conv in ("fastv", "swiglu", "shortv"):
