@@ -141,6 +141,7 @@ class DuplicationPivots:
 
     def select(self, ctx: SelectContext):
         norm = ctx.extra["final_norm"]
+        assert ctx.keys is not None and ctx.text_keys is not None and ctx.text_valid is not None  # "keys"
         b, v = ctx.valid.shape
         t = ctx.text_valid.shape[1]
         dev = ctx.valid.device

@@ -31,6 +31,7 @@ class TopKAttention:
         return min(kept_count(self.budget, counts.n_visual), counts.present)
 
     def select(self, ctx: SelectContext):
+        assert ctx.scores is not None  # needs attn_last
         return top_k_slots(ctx.scores, ctx.k)
 
 

@@ -47,7 +47,7 @@ class PDrop(Method):
             raise MethodError(
                 f"method 'pdrop': budget {p.budget} has no schedule; use 192, 128 or 64 or give layer_list and lam"
             )
-        layers, lam = BUDGET_SCHEDULES.get(p.budget, ([8, 16, 24], 0.5))
+        layers, lam = BUDGET_SCHEDULES[p.budget] if p.budget is not None else ([8, 16, 24], 0.5)
         layers = p.layer_list if p.layer_list is not None else layers
         lam = p.lam if p.lam is not None else lam
         if num_layers != 32:

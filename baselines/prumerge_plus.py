@@ -81,7 +81,7 @@ class PruMergePlus(PreLLM):
     def reduce(self, bb, batch):
         ks = [self.kept(n) for n in batch.layout.count(VISUAL)]
         ranked = [self._rank(bb, batch, i, k) for i, k in enumerate(ks)]
-        counts = [r.budget if r.static else None for r in ranked]
+        counts = [r.budget for r in ranked]  # a dynamic one is replaced below
         dynamic = [i for i, r in enumerate(ranked) if not r.static]
         if dynamic:  # one host read for the whole batch
             found = torch.stack([(ranked[i].group != OTHER).sum() for i in dynamic]).tolist()

@@ -49,7 +49,7 @@ from harness.models.selection import SampleCounts, SelectContext, slots_of, top_
 from .common import check_layers, kept_count, top_k
 
 VISUAL, TEXT = 2, 3  # TokenType values
-LAYERS = (2, 6, 15)
+LAYERS: tuple[int, ...] = (2, 6, 15)
 KEEP = {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17)}
 RECYCLE = 0.3  # share of the deleted tokens that are recycled (plus one)
 PER_CLUSTER = 10  # recycled tokens per cluster
@@ -122,6 +122,7 @@ class RaterTopK:
         return recycled_counts(counts.present - kept)[1]
 
     def select(self, ctx: SelectContext) -> torch.Tensor:
+        assert ctx.scores is not None  # needs attn_rows
         return top_k_slots(ctx.scores, ctx.k)
 
     def recycle(self, ctx: SelectContext, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +131,8 @@ class RaterTopK:
         b = ctx.batch_size
         made = [recycled_counts(c.present - k) for c, k in zip(ctx.counts, ctx.kept, strict=True)]
         width = max((m for _, m in made), default=0)
-        hidden = ctx.hidden
+        hidden, scores = ctx.hidden, ctx.scores
+        assert hidden is not None and scores is not None  # needs hidden_out and attn_rows
         embeds = hidden.new_zeros(b, width, hidden.shape[-1])
         anchors = torch.zeros(b, width, dtype=torch.long, device=hidden.device)
         for i, ((count, clusters), c, k) in enumerate(zip(made, ctx.counts, ctx.kept, strict=True)):
@@ -139,7 +141,7 @@ class RaterTopK:
             deleted = ctx.valid[i].clone()
             deleted[chosen[i, :k]] = False
             gone = slots_of(deleted[None], c.present - k)[0]  # deleted slots, ascending
-            pick = gone[top_k_slots(ctx.scores[i, gone], count)]  # by score, highest first
+            pick = gone[top_k_slots(scores[i, gone], count)]  # by score, highest first
             x = hidden[i, pick].float()
             centres, member = dpc_knn(x, clusters)
             onehot = (member[None, :] == torch.arange(clusters, device=x.device)[:, None]).float()

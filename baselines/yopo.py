@@ -26,7 +26,7 @@ from pydantic import Field
 from harness.models import calibration
 from harness.models.batch import TokenType
 from harness.models.method import Method, MethodError, PaperRow
-from harness.models.plan import INVISIBLE, LayerPlan, VisualPlan
+from harness.models.plan import INVISIBLE, HeadMode, LayerPlan, VisualPlan
 
 #: heads kept per layer by YOPO's shipped head masks (``LLaVA/headmask/headmask_*.npy`` in
 #: ZhangAIPI/YOPO_MLLM_Pruning @ f0783f4: row sums of the boolean [L, H] arrays)
@@ -93,7 +93,7 @@ class YOPO(Method):
     head_mask: list[list[int]] | None = Field(
         None, description="per layer, the heads that serve visual tokens (default: all; see calibrate yopo)"
     )
-    head_mode: ClassVar[str] = "zero_values"
+    head_mode: ClassVar[HeadMode] = "zero_values"
 
     def validate_for(self, backbone: Any) -> None:
         p = self
@@ -189,7 +189,7 @@ class YOPOTextOnly(YOPO):
         "file": "modeling_llama_prune.py",
         "rule": "YOPO pruned decoder",
     }
-    head_mode: ClassVar[str] = "drop_keys"
+    head_mode: ClassVar[HeadMode] = "drop_keys"
     calibration_key: ClassVar[str | None] = None  # reads the head masks ``harness calibrate yopo`` stores
 
     def after_cut(self, width: int) -> LayerPlan:

@@ -50,7 +50,8 @@ class Batch:
     sample_ids: list[str]
     vision_features: list[torch.Tensor] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
-    layout: Layout | None = None
+    # None (the default) is only a constructor argument: __post_init__ replaces it
+    layout: Layout = None  # pyright: ignore[reportAssignmentType]
 
     def __post_init__(self) -> None:
         if self.layout is None:  # built on the CPU by encode / the synthetic builder: no device read
@@ -214,11 +215,11 @@ def apply_reduction(batch: Batch, reduced: list, mode: str = "drop") -> Batch:
         embeds.append(torch.cat(segs))
         anchors = red.anchors.to(dev).long() + vs if k else None
         cz = batch.visual_coords.new_full
-        vis_c = [batch.visual_coords[i].index_select(0, anchors)] if k else []
+        vis_c = [batch.visual_coords[i].index_select(0, anchors)] if anchors is not None else []
         coords.append(torch.cat([cz((start + vs - f, 3), -1), *vis_c, cz((gap + e - ve, 3), -1)]))
         if P != 1:
             p = batch.positions[:, i]
-            vis_p = [p.index_select(1, anchors)] if k else []
+            vis_p = [p.index_select(1, anchors)] if anchors is not None else []
             pz = p.new_zeros
             pos3.append(torch.cat([pz(P, start), p[:, f:vs], *vis_p, pz(P, gap), p[:, ve:e]], 1))
     next1 = (tt != int(TokenType.PAD)).sum(1)

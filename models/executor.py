@@ -67,8 +67,9 @@ class _Run:
         self.masks: dict = {}
         self.raters: dict = {}
         self.pending: dict = {}
-        self.coords = None  # grid coordinates and raw vision features, padded once per call
-        self.features = None
+        # grid coordinates and raw vision features, padded once per call
+        self.coords: torch.Tensor | None = None
+        self.features: torch.Tensor | None = None
 
     def enter(self, work, key: int) -> None:
         if key == self.work_key:
@@ -223,6 +224,7 @@ class Executor:
         k = bb.rotate_rows(attn.k_proj(hk).view(b, nk, Hkv, d), cos_k, sin_k).transpose(1, 2)
         v = attn.v_proj(hk).view(b, nk, Hkv, d).transpose(1, 2)
         if self.observer is not None:
+            assert s.observer_meta is not None  # compiled with explicit masks for an observer
             q_tt, k_tt = s.observer_meta
             mask = self._mask(st, s.attn).expand(b, -1, -1, -1)
             self.observer(s.index, q, k, v, mask, {"ttype": q_tt}, {"ttype": k_tt})
@@ -235,7 +237,9 @@ class Executor:
         if s.ffn_full is not None:
             xw = s.ffn_full.add(xw, mlp(norm(norm2, s.ffn_full.take(xw))))
         if s.ffn_part is not None:
-            xw = s.ffn_part.add(xw, sliced_mlp(mlp, norm(norm2, s.ffn_part.take(xw)), s.plan.visual_ffn))
+            width = s.plan.visual_ffn
+            assert width is not None  # a partial visual FFN has its width
+            xw = s.ffn_part.add(xw, sliced_mlp(mlp, norm(norm2, s.ffn_part.take(xw)), width))
         st.xw = xw
         if s.work.kind == "all":
             st.x = xw
@@ -269,6 +273,7 @@ class Executor:
     def _overwrite(self, st: _Run, s: LayerStep) -> None:
         """kv_source 'fixed' (ViCA: the layer-0 input) or 'projector' (SAISA: P_l(f))."""
         st.flush()
+        assert s.overwrite is not None
         rows = s.overwrite.rows
         batch = st.batch
         src = rows.take(st.orig).clamp(max=batch.seq_len - 1)  # [B, V] slots in the input batch
@@ -290,11 +295,14 @@ class Executor:
         if h is None:
             out = self._sdpa(st, a, q, k, v, scale)
         elif h.mode == "zero_values":
+            assert h.vkeep is not None
             H = q.shape[1]
             out = self._sdpa(st, a, q, expand_kv(k, H), expand_kv(v, H) * h.vkeep, scale)
             if h.qkeep is not None:
                 out = out * h.qkeep
-        else:
+        else:  # drop_keys
+            assert h.served is not None and h.served_kv is not None and h.pruned is not None
+            assert h.pruned_kv is not None and h.inverse is not None
             served = self._sdpa(st, a, q.index_select(1, h.served), k.index_select(1, h.served_kv),
                                 v.index_select(1, h.served_kv), scale)  # fmt: skip
             pruned = self._sdpa(st, a, q.index_select(1, h.pruned), k.index_select(1, h.pruned_kv),
@@ -335,6 +343,7 @@ class Executor:
         """The layer's boolean mask; with YOPO's window, completed once per call from the grid
         coordinates of the query and key rows (they follow the tokens through drops)."""
         w = a.window
+        assert a.mask is not None  # an attention that reads its mask has one (program.py)
         if w is None:
             return a.mask
         key = ("window", a.key)
@@ -357,6 +366,7 @@ class Executor:
         text raters') attention on the present visual tokens, and post-RoPE keys."""
         H = q.shape[1]
         kk = expand_kv(k, H).float()
+        assert s.vis_in_k is not None  # compiled beside the layer's scores and keys
         scores = None
         if s.score_last is not None:
             last, allowed = s.score_last
@@ -386,6 +396,7 @@ class Executor:
         rank layer): the last prompt token's attention over every present key."""
         bb = self.bb
         attn = bb.layers[s.index].self_attn
+        assert s.before_scores is not None  # compiled for a drop_before selector
         rows, last, alive, vis = s.before_scores
         hn = norm(bb.layers[s.index].input_layernorm, st.x)
         b, m, _ = hn.shape
@@ -439,7 +450,11 @@ class Executor:
         x = torch.gather(st.x, 1, src[..., None].expand(-1, -1, h))
         orig = torch.gather(st.orig.expand(b, -1), 1, src)
         P = st.pos.shape[0]
-        pos = s.new_pos if s.renumber else torch.gather(st.pos, 2, src[None].expand(P, -1, -1))
+        if s.renumber:
+            assert s.new_pos is not None  # compiled with the renumbered positions
+            pos = s.new_pos
+        else:
+            pos = torch.gather(st.pos, 2, src[None].expand(P, -1, -1))
         if s.merged_rows is not None:
             embeds, anchors = sel.recycle(ctx, chosen)
             anchor_rows = torch.gather(vrows, 1, anchors.long())
@@ -470,6 +485,7 @@ class Executor:
         """The device half of a decode step: slots, masks and positions advance in place."""
         bb = self.bb
         geoms, attns = cache.scratch["decode"]
+        assert cache.step is not None  # the executor's caches count their steps on the device
         x = bb.embed_tokens(tokens[:, None])
         b = x.shape[0]
         H, Hkv, d = bb.num_heads, bb.num_kv_heads, bb.head_dim
@@ -509,6 +525,7 @@ class Executor:
             for lk in cache.layers:
                 lk.grow(grow)
             cache.extra += grow
+        assert cache.step is not None and cache.plan is not None  # filled by this executor's prefill
         dev = cache.step.device
         geoms: dict = {}
         attns = []
@@ -551,7 +568,7 @@ class Executor:
                 break
             logits = self.decode_step(tok, out.cache, plan)
             tok = logits.argmax(-1)
-            if done is not None:
+            if done is not None and eos_token_id is not None:
                 tok = torch.where(done, torch.full_like(tok, eos_token_id), tok)
                 done = done | (tok == eos_token_id)
             toks.append(tok)

@@ -10,6 +10,8 @@ within one rounding step in half precision.  Any other norm module is called as 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 
@@ -20,8 +22,8 @@ RMS_NORMS = frozenset({"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen2VLRMSNorm", "Mistra
 def norm(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)``, as one fused kernel when the module is a plain RMSNorm."""
     if type(module).__name__ in RMS_NORMS:
-        w = module.weight
-        return F.rms_norm(x, (w.shape[-1],), w, module.variance_epsilon)
+        w, eps = cast(torch.Tensor, module.weight), cast(float, module.variance_epsilon)
+        return F.rms_norm(x, (w.shape[-1],), w, eps)
     return module(x)
 
 

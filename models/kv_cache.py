@@ -13,8 +13,12 @@ plan, so the memory figures below are host arithmetic.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .plan import VisualPlan
 
 
 @dataclass(eq=False)
@@ -62,7 +66,7 @@ class KVCache:
     layers: list[LayerKV]
     steps: int = 0  # generated tokens written so far (host counter)
     step: torch.Tensor | None = None  # the same count on the device [1] (decode indexes with it)
-    plan: object = None  # the plan that filled the cache
+    plan: VisualPlan | None = None  # the plan that filled the cache
     extra: int = 0  # generated slots reserved per layer
     scratch: dict = field(default_factory=dict)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import cast
 
 import numpy as np
 import torch
@@ -148,6 +149,11 @@ class RowSet:
             self.index = torch.from_numpy(self.rows.astype(np.int64)).to(device)
         return self
 
+    @property
+    def _index(self) -> torch.Tensor:
+        """The device index (``select`` / ``gather``), made by :meth:`materialize` before any op."""
+        return cast(torch.Tensor, self.index)
+
     # ---- device ops on a source [B, size, ...] along dim ``dim``
     def take(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
         if self.kind == "all":
@@ -155,13 +161,13 @@ class RowSet:
         if self.kind == "slice":
             return x.narrow(dim, self.start, self.stop - self.start)
         if self.kind == "select":
-            return x.index_select(dim, self.index)
-        return _gather(x, self.index, dim)
+            return x.index_select(dim, self._index)
+        return _gather(x, self._index, dim)
 
     def take_heads(self, t: torch.Tensor) -> torch.Tensor:
         """Rows of a per-head tensor [B, H, N, d] along N."""
         if self.kind == "gather":
-            idx = self.index[:, None, :, None].expand(t.shape[0], t.shape[1], -1, t.shape[3])
+            idx = self._index[:, None, :, None].expand(t.shape[0], t.shape[1], -1, t.shape[3])
             return torch.gather(t, 2, idx)
         return self.take(t, 2)
 
@@ -172,9 +178,9 @@ class RowSet:
         if self.kind == "slice":
             x[:, self.start : self.stop] += upd
         elif self.kind == "select":
-            x.index_add_(1, self.index, upd)
+            x.index_add_(1, self._index, upd)
         else:
-            x.scatter_add_(1, self.index[..., None].expand(-1, -1, upd.shape[-1]), upd)
+            x.scatter_add_(1, self._index[..., None].expand(-1, -1, upd.shape[-1]), upd)
         return x
 
     def put(self, x: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
@@ -184,9 +190,10 @@ class RowSet:
         if self.kind == "slice":
             x[:, self.start : self.stop] = vals
         elif self.kind == "select":
-            x.index_copy_(1, self.index, vals)
+            x.index_copy_(1, self._index, vals)
         else:
-            x.scatter_(1, self.index.view(*self.index.shape, *[1] * (vals.dim() - 2)).expand_as(vals), vals)
+            idx = self._index
+            x.scatter_(1, idx.view(*idx.shape, *[1] * (vals.dim() - 2)).expand_as(vals), vals)
         return x
 
 

@@ -28,10 +28,19 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from dataclasses import replace as dc_replace
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from .method import Method, MethodError
-from .plan import DENSE_LAYER, INVISIBLE, KV_ONLY, KeepVisual, LayerPlan, PlanError, VisualPlan
+from .plan import (
+    DENSE_LAYER,
+    INVISIBLE,
+    KV_ONLY,
+    KeepVisual,
+    LayerPlan,
+    PlanError,
+    PositionPolicy,
+    VisualPlan,
+)
 
 
 def parse_layers(text: str, num_layers: int) -> list[int]:
@@ -79,7 +88,8 @@ def _apply(layers: list[LayerPlan], name: str, value: str, n: int) -> None:
         li = int(at or 0)
         if not 0 <= li < n:
             raise PlanError(f"keep=...@{li}: layer out of range for a {n}-layer decoder")
-        sel = KeepVisual(count=int(count), positions=policy or "keep")
+        policy = cast(PositionPolicy, policy or "keep")  # VisualPlan.validate checks it
+        sel = KeepVisual(count=int(count), positions=policy)
         layers[li] = replace(layers[li], drop_before=sel)
     elif name in ("kv_only", "invisible", "noquery"):
         base = {

@@ -169,7 +169,7 @@ class Program:
     log: list[str] = field(default_factory=list)  # what each selection keeps (for people reading it)
     has_cache: bool = False
     extra: int = 0
-    plan: object = None
+    plan: VisualPlan | None = None
     last_in_work: RowSet | None = None  # the last rows inside the final working set
 
 
@@ -516,7 +516,7 @@ class Compiler:
             readable_slots = readable
             vis_slots = readable & (kt == VIS)
         key = self.keys(("cache", version, readable_slots.tobytes(), readable_slots.shape))
-        extra = int(self.opts.cache_extra)
+        extra = int(self.opts.cache_extra or 0)  # only called with a cache
         vis_all = np.concatenate([vis_slots, np.zeros((vis_slots.shape[0], extra), bool)], 1)
         return CacheSpec(
             rows=rows, prefill_valid=_up(readable_slots, self.opts.device), is_visual_dev=_up(vis_all, self.opts.device),
@@ -624,14 +624,14 @@ class Compiler:
         msg = f"layer {li} drop_{when}: kept {kept} visual, merged {recycled}"
         if sel.positions == "renumber" and not renumber:
             msg += "; renumber requested on M-RoPE positions: original 3-D ids kept (README 2.3)"
-        step = SelectStep(
+        out = SelectStep(
             index=li, when=when, selector=sel, counts=counts, kept=kept, recycled=recycled, visual=V, text=T,
             visual_rows=_up(V.rows, dev), visual_valid=_up(V.valid, dev), text_valid=_up(T.valid, dev),
             kept_valid=_up(kept_valid, dev), src_other=_up(_shared(src), dev), vis_rank=_up(_shared(rank), dev),
             is_kept=_up(_shared(kind == 1), dev), merged_rows=merged_rows, renumber=renumber, new_pos=new_pos,
             new_next=new_next, version=version, before_scores=before, layer_step=step, log=msg,
         )  # fmt: skip
-        return step, new, version
+        return out, new, version
 
     _position_dims = 1
 

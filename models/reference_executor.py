@@ -18,7 +18,7 @@ recycled token placed right after the kept ones (the selector's ``recycle``, Spa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -309,11 +309,11 @@ class ReferenceExecutor:
         # only those are normalised (rows a layer does not use cost nothing)
         norm = layer.input_layernorm
         hn = norm(st.x) if q_idx is None or kv_idx is None else None
-        hq = hn[:, :-1] if q_idx is None else norm(_gather_rows(st.x, q_idx))
+        hq = cast(torch.Tensor, hn)[:, :-1] if q_idx is None else norm(_gather_rows(st.x, q_idx))
         if kv_idx is q_idx:
             hk = hq
         else:
-            hk = hn[:, :-1] if kv_idx is None else norm(_gather_rows(st.x, kv_idx))
+            hk = cast(torch.Tensor, hn)[:, :-1] if kv_idx is None else norm(_gather_rows(st.x, kv_idx))
         b, nq, _ = hq.shape
         nk = hk.shape[1]
         H, Hkv, d = bb.num_heads, bb.num_kv_heads, bb.head_dim
@@ -454,6 +454,7 @@ class ReferenceExecutor:
         no visual keys (``drop_keys``) or see them with zeroed values (``zero_values``)."""
         dev = mask.device
         served = torch.zeros(H, dtype=torch.bool, device=dev)
+        assert lp.visual_heads is not None  # called for a layer with head rules
         served[list(lp.visual_heads)] = True
         pruned = ~served[None, :, None, None]  # [1, H, 1, 1]
         q_vis = (qm["ttype"] == VIS)[:, None, :, None]  # [B, 1, nq, 1]
@@ -502,6 +503,7 @@ class ReferenceExecutor:
             st.x.scatter_add_(1, full[..., None].expand(-1, -1, hn.shape[-1]), mlp(hn))
         if part is not None:
             hn = layer.post_attention_layernorm(_gather_rows(st.x, part))
+            assert width is not None  # part rows exist for a partial FFN only
             upd = sliced_mlp(mlp, hn, width)
             st.x.scatter_add_(1, part[..., None].expand(-1, -1, upd.shape[-1]), upd)
 
@@ -588,6 +590,7 @@ class ReferenceExecutor:
         needs = sel.needs
         if "attn_last" in needs or "attn_rows" in needs:
             if when == "after":
+                assert scores is not None  # the layer computed them for this selector
                 row_scores = scores  # [B, nk] over this layer's key rows
                 key_rows = self._key_rows(st, lp)
             else:
@@ -600,12 +603,12 @@ class ReferenceExecutor:
             k, km = keys
             kflat = k.transpose(1, 2).flatten(2)  # [B, nk, Hkv*d]
             key_rows = self._key_rows(st, lp)
-            ctx.keys = kflat.new_zeros(b, idx.shape[1], kflat.shape[-1])
-            ctx.text_keys = kflat.new_zeros(b, tidx.shape[1], kflat.shape[-1])
+            ctx.keys = vkeys = kflat.new_zeros(b, idx.shape[1], kflat.shape[-1])
+            ctx.text_keys = tkeys = kflat.new_zeros(b, tidx.shape[1], kflat.shape[-1])
             for i in range(b):
-                ctx.keys[i, : present[i].numel()] = _rows_lookup(kflat[i], key_rows[i], present[i])
+                vkeys[i, : present[i].numel()] = _rows_lookup(kflat[i], key_rows[i], present[i])
                 t = tidx[i][treal[i]]
-                ctx.text_keys[i, : t.numel()] = _rows_lookup(kflat[i], key_rows[i], t)
+                tkeys[i, : t.numel()] = _rows_lookup(kflat[i], key_rows[i], t)
         if "hidden_out" in needs or "hidden_in" in needs:
             ctx.hidden = _gather_rows(st.x, idx)
             ctx.text_hidden = _gather_rows(st.x, tidx)
@@ -622,6 +625,7 @@ class ReferenceExecutor:
             c = chosen[i, : kept[i]]
             rows = present[i][torch.sort(c.to(present[i].device).long()).values]
             if made[i]:
+                assert merged is not None  # recycled when any sample merges
                 emb, anchors = merged[0][i, : made[i]], merged[1][i, : made[i]]
                 rows = self._place_merged(st, i, present[i], rows, emb, present[i][anchors.long()])
             keep[i, rows] = True
@@ -721,6 +725,7 @@ class ReferenceExecutor:
             vals = _gather_rows(src, order)
         else:
             vals = st.x.clone()
+            assert batch.vision_features is not None  # kv_source 'projector' reads them
             for i, f in enumerate(batch.vision_features):
                 rows = (is_vis[i] & (st.vidx[i] >= 0)).nonzero().flatten()
                 if rows.numel():

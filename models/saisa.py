@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -42,8 +42,9 @@ class SaisaBackbone(LlavaBackbone):
         return self
 
     def layer_projection(self, layer: int, feats: torch.Tensor) -> torch.Tensor:
-        proj = self.projectors[layer]
-        w = proj[0].weight  # the projector's own device and dtype (the model's, after load or .to)
+        proj = cast(nn.Sequential, self.projectors[layer])  # make_projectors' Linear-GELU-Linear
+        # the projector's own device and dtype (the model's, after load or .to)
+        w = cast(nn.Linear, proj[0]).weight
         return proj(feats.to(device=w.device, dtype=w.dtype))
 
     def describe(self) -> dict[str, Any]:
@@ -124,7 +125,7 @@ class SAISA(Method):
             or backbone.weights != "random-init"
         ):
             return backbone
-        return with_random_projectors(backbone)
+        return with_random_projectors(cast(LlavaBackbone, backbone))  # a random-init LLaVA
 
     def apply(self, plan: VisualPlan, backbone: Any) -> VisualPlan:
         layers = tuple(

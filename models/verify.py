@@ -58,12 +58,15 @@ def verify_dense(bb: Backbone, samples: list[dict[str, Any]], max_new_tokens: in
     hf_logits = []
     for s in samples:
         ref = bb.hf_logits(s)[0]
-        got = ex.prefill(bb.encode(s), all_logits=True).all_logits[0]
+        one = ex.prefill(bb.encode(s), all_logits=True).all_logits
+        assert one is not None  # all_logits=True
+        got = one[0]
         diff1 = max(diff1, float((ref - got).abs().max()))
         hf_logits.append(ref)
     batch_inputs = collate(bb, samples) if len(samples) > 1 else samples[0]
     batch = bb.encode(batch_inputs)
     out = ex.prefill(batch, all_logits=True)
+    assert out.all_logits is not None
     diffb = 0.0
     for i, ref in enumerate(hf_logits):
         n = ref.shape[0]

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
 
 from ..batch import Batch
 from ..errors import SeebenchError
@@ -38,11 +41,26 @@ class VisionOutput:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+class Decoder(Protocol):
+    """The parts of the HF language model (Llama / Qwen2 decoder) that the executor calls."""
+
+    layers: nn.ModuleList
+    norm: nn.Module
+    embed_tokens: nn.Embedding
+    rotary_emb: nn.Module
+
+
 class Backbone:
     """Base class: decoder access shared by every family."""
 
     family: str = ""
     position_dims: int = 1
+    # The HF model: its submodules are reached by their family's names (``model.model.vision_tower``,
+    # ``lm_head``, ...), which nn.Module's ``__getattr__`` can only type as ``Tensor | Module``.
+    model: Any
+    config: PreTrainedConfig
+    text_config: PreTrainedConfig
+    decoder: Decoder
 
     def __init__(
         self, model: nn.Module, processor: Any = None, source: str = "", weights: str = "pretrained"
@@ -52,10 +70,10 @@ class Backbone:
         self.source = source
         self.weights = weights  # "pretrained" or "random-init"
         self.info: dict[str, Any] = {}  # the checkpoint's seebench.json (architecture, method defaults)
-        self.config = model.config
-        self.text_config = model.config.get_text_config()
-        self.decoder = model.model.language_model
-        attn0 = self.decoder.layers[0].self_attn
+        self.config = self.model.config
+        self.text_config = self.config.get_text_config()
+        self.decoder = cast(Decoder, self.model.model.language_model)
+        attn0: Any = self.decoder.layers[0].self_attn  # the HF attention module (q_proj, ...)
         self.num_heads = self.text_config.num_attention_heads
         self.num_kv_heads = getattr(self.text_config, "num_key_value_heads", None) or self.num_heads
         self.head_dim = attn0.q_proj.out_features // self.num_heads
@@ -76,7 +94,7 @@ class Backbone:
         return self.decoder.norm
 
     @property
-    def embed_tokens(self) -> nn.Module:
+    def embed_tokens(self) -> nn.Embedding:
         return self.decoder.embed_tokens
 
     @property
@@ -136,6 +154,10 @@ class Backbone:
             f"backbone '{self.family}' has no per-layer visual projectors; kv_source 'projector' needs "
             "an architecture with its own weights (e.g. saisa)"
         )
+
+    def vision(self, inputs: dict[str, Any]) -> VisionOutput:
+        """The vision side (tower and projector) of model inputs, per image (each family's own)."""
+        raise NotImplementedError
 
     # ---- inputs
     @property

@@ -8,7 +8,7 @@ newline tokens, GQA with q/k/v biases and M-RoPE) and shrinks widths and depths.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +20,8 @@ from .loading import wrap
 RANDOM_FAMILIES = {"llava-1.5": "llava", "llava-next": "llava_next", "qwen2-vl": "qwen2_vl"}
 VOCAB = 512
 IMAGE_TOKEN = VOCAB - 1
+
+_M = TypeVar("_M", bound=torch.nn.Module)
 
 
 def _llama_text(layers: int = 4) -> dict[str, Any]:
@@ -37,7 +39,7 @@ def _clip_vision(image_size: int = 84) -> dict[str, Any]:
     )  # fmt: skip
 
 
-def randomize_norms(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
+def randomize_norms(model: _M, scale: float = 0.1) -> _M:
     """Draw every norm's weight as 1 + scale x N(0, 1) and its bias (LayerNorm) and every linear
     bias as scale x N(0, 1), from torch's current seed.
 
@@ -46,12 +48,11 @@ def randomize_norms(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Modu
     random models could not see one.  Call it after seeding, once the model is built."""
     with torch.no_grad():
         for module in model.modules():
-            if "norm" in type(module).__name__.lower() and isinstance(
-                getattr(module, "weight", None), torch.nn.Parameter
-            ):
-                module.weight.copy_(1 + scale * torch.randn_like(module.weight))
-                if isinstance(getattr(module, "bias", None), torch.nn.Parameter):
-                    module.bias.copy_(scale * torch.randn_like(module.bias))
+            weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+            if "norm" in type(module).__name__.lower() and isinstance(weight, torch.nn.Parameter):
+                weight.copy_(1 + scale * torch.randn_like(weight))
+                if isinstance(bias, torch.nn.Parameter):
+                    bias.copy_(scale * torch.randn_like(bias))
             elif isinstance(module, torch.nn.Linear) and module.bias is not None:
                 module.bias.copy_(scale * torch.randn_like(module.bias))
     return model
@@ -94,7 +95,7 @@ def build_random(family: str, seed: int = 0, layers: int = 4, image_size: int = 
                 depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
                 spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
             ),
-            image_token_id=IMAGE_TOKEN, video_token_id=IMAGE_TOKEN - 1, bos_token_id=1, eos_token_id=2,
+            image_token_id=IMAGE_TOKEN, video_token_id=IMAGE_TOKEN - 1, bos_token_id=1, eos_token_id=2,  # pyright: ignore[reportCallIssue]  # kwargs the signature lacks
             vision_start_token_id=IMAGE_TOKEN - 2, vision_end_token_id=IMAGE_TOKEN - 3,
         )  # fmt: skip
         model = transformers.Qwen2VLForConditionalGeneration(cfg)
@@ -136,12 +137,13 @@ def random_sample_inputs(
         side = bb.config.vision_config.image_size
         pv = torch.from_numpy(rng.standard_normal((1, 3, side, side)).astype(np.float32))
         inputs: dict[str, Any] = {"pixel_values": pv}
-    elif bb.family == "llava_next":
-        out = proc(images=[random_image(rng, image_size)], return_tensors="pt")
-        inputs = {"pixel_values": out["pixel_values"], "image_sizes": out["image_sizes"]}
     else:
+        assert proc is not None  # every family but llava has its image processor
         out = proc(images=[random_image(rng, image_size)], return_tensors="pt")
-        inputs = {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+        if bb.family == "llava_next":
+            inputs = {"pixel_values": out["pixel_values"], "image_sizes": out["image_sizes"]}
+        else:
+            inputs = {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
     n_img = sum(e.shape[0] for e in bb.vision(inputs).embeds)
     sys_ids = rng.integers(4, VOCAB - 8, size=5)
     txt_ids = rng.integers(4, VOCAB - 8, size=text_len)

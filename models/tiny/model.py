@@ -56,7 +56,7 @@ def llava_config(cfg: TinyConfig):
         vision_feature_layer=cfg.vision_feature_layer,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
-        pad_token_id=0,
+        pad_token_id=0,  # pyright: ignore[reportCallIssue]  # a kwarg the signature lacks
     )  # fmt: skip
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -34,17 +35,19 @@ class Packed:
     mask: torch.Tensor  # [B, 1, N, N] bool
     answer_rows: torch.Tensor  # [Q, 2] (batch, row) of each question's last token
     answers: torch.Tensor  # [Q]
-    targets: torch.Tensor | None = None  # [Q, N] bool: visual tokens the question is about
-    captions: torch.Tensor | None = None  # [B, 144, 3] word ids (colour, shape/glyph, quadrant), -100 = none
-    is_answer: torch.Tensor | None = None  # [Q] True: answer row; False: the EOS row after an answer
-    options: torch.Tensor | None = None  # [Q, N] multiple choice: position of the correct option word
-    copies: torch.Tensor | None = None  # [M, 3] (batch, option-word row, its letter's row) of every option
+    targets: torch.Tensor  # [Q, N] bool: visual tokens the question is about
+    captions: torch.Tensor  # [B, 144, 3] word ids (colour, shape/glyph, quadrant), -100 = none
+    is_answer: torch.Tensor  # [Q] True: answer row; False: the EOS row after an answer
+    options: torch.Tensor  # [Q, N] multiple choice: position of the correct option word
+    copies: torch.Tensor  # [M, 3] (batch, option-word row, its letter's row) of every option
+    pixels: torch.Tensor
     tasks: list[str] = field(default_factory=list)
-    pixels: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Packed:
         """The same batch with every tensor on ``device``."""
-        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
+        moved: dict[str, Any] = {
+            k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()
+        }
         return Packed(**moved)
 
 
@@ -112,7 +115,9 @@ def pack(samples: Sequence[shapes.Sample], extras: Sequence[list[QA]], eos: bool
         for o in s.meta:
             j = o.row * shapes.GRID + o.col
             captions[i, j, 0] = VOCAB[o.color]
-            captions[i, j, 1] = VOCAB[o.shape if o.shape is not None else o.glyph]
+            name = o.shape if o.shape is not None else o.glyph
+            assert name is not None  # exactly one of shape / glyph is set
+            captions[i, j, 1] = VOCAB[name]
             captions[i, j, 2] = VOCAB[o.quadrant]
     idx = torch.arange(n)
     causal = idx[None, :] <= idx[:, None]

@@ -80,7 +80,7 @@ def exist_color(s: Scene) -> QA | None:
 
 def exist_shape(s: Scene) -> QA | None:
     """Existence of a shape ("Is there a circle?"): half the time a present one, else an absent one."""
-    present = {o.shape for o in s.objs}
+    present = {o.shape for o in s.objs if o.shape is not None}  # every one of Scene.objs has a shape
     absent = [sh for sh in shapes.SHAPES if sh not in present]
     if s.rng.random() < 0.5 and present:
         sh = s.rng.choice(sorted(present))
@@ -105,6 +105,7 @@ def attr_shape(s: Scene) -> QA | None:
     if not u:
         return None
     o = s.rng.choice(u)
+    assert o.shape is not None  # Scene.objs have a shape
     return T["attr/shape"].format(color=o.color), o.shape, cells([o])
 
 
@@ -137,10 +138,13 @@ def read(s: Scene) -> QA | None:
     if not s.boxes:
         return None
     if len(s.boxes) == 1 and s.rng.random() < 0.5:
-        return T["read/image"], s.boxes[0].glyph, cells(s.boxes)
+        glyph = s.boxes[0].glyph
+        assert glyph is not None  # Scene.boxes have a glyph
+        return T["read/image"], glyph, cells(s.boxes)
     b = s.rng.choice(s.boxes)
     if s.colors.count(b.color) != 1:
         return None
+    assert b.glyph is not None
     return T["read/box"].format(color=b.color), b.glyph, cells([b])
 
 

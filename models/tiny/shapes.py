@@ -507,6 +507,7 @@ def render(objects: Sequence[SceneObject], rng: _Rng) -> np.ndarray:
             cell[SHAPE_MASKS[o.shape]] = COLORS[o.color]
         else:
             cell[:, :] = COLORS[o.color]
+            assert o.glyph is not None  # exactly one of shape / glyph is set
             glyph = GLYPH_BITMAPS[o.glyph]
             h, w = glyph.shape
             cell[GLYPH_ROW0 : GLYPH_ROW0 + h, GLYPH_COL0 : GLYPH_COL0 + w][glyph] = GLYPH_INK

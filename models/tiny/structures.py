@@ -156,6 +156,7 @@ class Vica(Arch):
         return fw.emb
 
     def layer_input(self, fw: Pass, li: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert fw.emb is not None and fw.blind is not None  # set by embed
         h = torch.where(fw.vis[..., None], fw.emb, h)
         if li == 0:
             img0 = len(PREFIX_WORDS)
@@ -183,6 +184,7 @@ class Saisa(Arch):
     def save(self, out_dir: Path, structure: Structure, meta: dict[str, Any]) -> None:
         from harness.models.saisa import save_projectors
 
+        assert structure.projectors is not None  # made by add_parameters
         save_projectors(out_dir / "saisa_projectors.safetensors", structure.projectors)
         meta["architecture"] = "saisa"
         meta["sha256"]["saisa_projectors.safetensors"] = file_sha256(out_dir / "saisa_projectors.safetensors")
@@ -199,6 +201,7 @@ class Saisa(Arch):
         return emb
 
     def layer_input(self, fw: Pass, li: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert fw.structure.projectors is not None  # made by add_parameters
         pv = fw.structure.projectors[li](fw.raw).to(h.dtype)
         fw.fixed_states.append(pv)
         return h.masked_scatter(fw.vis[..., None], pv), fw.batch.mask
@@ -391,6 +394,7 @@ def _yopo_layer(layer, lp: LayerPlan, h, allowed, vis, cos_sin) -> torch.Tensor:
     mlp = layer.mlp
     hn = layer.post_attention_layernorm(h)
     act = mlp.act_fn(mlp.gate_proj(hn)) * mlp.up_proj(hn)
+    assert lp.visual_ffn is not None  # YOPO's plans give the visual FFN width
     keep = ~vis[..., None] | (torch.arange(act.shape[-1], device=h.device) < lp.visual_ffn)
     return h + mlp.down_proj(act * keep.to(act.dtype))
 

@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -112,7 +112,8 @@ def train_qa(
             )
             loss = F.cross_entropy(logits, batch.answers) + st.aux_weight * aux
         else:
-            logits = forward_packed(model, batch, structure=structure)
+            # without auxiliary losses forward_packed returns the logits alone
+            logits = cast(torch.Tensor, forward_packed(model, batch, structure=structure))
             loss = F.cross_entropy(logits, batch.answers)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, st.steps, g["base"], st.warmup)
@@ -164,7 +165,7 @@ def evaluate(
             for i in range(0, len(samples), batch):
                 chunk = samples[i : i + batch]
                 packed = pack(chunk, [[] for _ in chunk]).to(model.device)
-                pred = forward_packed(model, packed, structure=structure).argmax(-1)
+                pred = cast(torch.Tensor, forward_packed(model, packed, structure=structure)).argmax(-1)
                 correct += int((pred == packed.answers).sum())
             out[task] = correct / len(samples)
     model.train(was)
@@ -214,7 +215,7 @@ def train_tiny(
     arch = ARCH_BY_NAME[recipe.arch]
     structure = arch.structure(recipe.model, tuple(recipe.t2v_layers))
     arch.add_parameters(structure, model, recipe.seed, device)
-    model.to(device)
+    model.to(device)  # pyright: ignore[reportArgumentType]  # transformers' wrapped Module.to
     model.train()
     total = sum(st.steps for st in recipe.stages)
     summary: dict[str, Any] = {"recipe": recipe.as_dict(), "device": str(torch.device(device))}
@@ -236,7 +237,7 @@ def train_tiny(
     summary["eval_" + eval_split] = evaluate_fn(model)
     log({"final": summary["eval_" + eval_split]})
     log_f.close()
-    model.to("cpu")
+    model.to("cpu")  # pyright: ignore[reportArgumentType]
     model.save_pretrained(out_dir)
     tk.save_processor(out_dir)
     meta: dict[str, Any] = {
