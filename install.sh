@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install seebench into a virtual environment with the pinned CPU torch.
 #   ./install.sh         runtime (creates .venv, or uses $VENV)
-#   ./install.sh test    runtime + test tools (pytest, pytest-benchmark, ruff)
+#   ./install.sh test    runtime + test tools (pytest, pytest-benchmark, ruff, pyright, codespell)
 # torch is pinned by constraints.txt so that no resolver pulls a newer (multi-GB CUDA) build.
 # lmms-eval is installed with --no-deps plus the dependencies it really uses
 # (requirements-lmms.txt): its metadata hard-requires torchvision, and PyPI's torchvision beside

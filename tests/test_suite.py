@@ -44,7 +44,7 @@ def test_good_suite_expands_to_cells(tmp_path):
         (GOOD.replace("kind: verify", "kind: speed"), "scenarios[0].kind: unknown scenario 'speed'"),
         (GOOD.replace("[dense]", "[warp]"), "methods[0]: unknown method 'warp'"),
         (GOOD.replace("name: t\n", ""), "missing required key 'name'"),
-        (GOOD.replace("model:", "modle:"), "unknown key 'modle' at backbones[0]"),
+        (GOOD.replace("model:", "modle:"), "unknown key 'modle' at backbones[0]"),  # codespell:ignore modle
         (
             GOOD.replace('"random:llava-1.5"}', '"random:llava-1.5", reference: b}'),
             "backbones[0].reference: unknown backbone name 'b'; known: ['a']",
