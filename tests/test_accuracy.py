@@ -86,6 +86,7 @@ def test_every_shapes_task_is_an_lmms_eval_task():
     assert "shapes" in tm.all_groups if hasattr(tm, "all_groups") else "shapes" in tm.all_tasks
 
 
+@pytest.mark.slow
 def test_lmms_eval_cli_runs_our_model_offline(tiny_ckpt, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     tasks_dir = subprocess.run([sys.executable, "-m", "harness.cli", "tasks-path"], capture_output=True, text=True,

@@ -19,9 +19,15 @@ def _run(*args):
     ("args", "message"),
     [
         (["verify", "--random", "llava-9"], "invalid choice: 'llava-9'"),
-        (["verify", "/no/such/model"], "model directory '/no/such/model' does not exist"),
+        pytest.param(
+            ["verify", "/no/such/model"],
+            "model directory '/no/such/model' does not exist",
+            marks=pytest.mark.slow,
+        ),
         (["verify", "--random", "llava-1.5", "--batch", "0"], "batch size must be >= 1, got 0"),
-        (["run", "--suite", "no-such-suite"], "unknown suite 'no-such-suite'"),
+        pytest.param(
+            ["run", "--suite", "no-such-suite"], "unknown suite 'no-such-suite'", marks=pytest.mark.slow
+        ),
     ],
 )
 def test_bad_inputs_one_line_errors(args, message):
@@ -32,6 +38,7 @@ def test_bad_inputs_one_line_errors(args, message):
     assert message in lines[0]
 
 
+@pytest.mark.slow
 def test_unknown_backbone_type_in_a_directory(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     out = _run("verify", str(tmp_path))
@@ -39,6 +46,7 @@ def test_unknown_backbone_type_in_a_directory(tmp_path):
     assert "unknown backbone model_type 'bert'" in out.stderr
 
 
+@pytest.mark.slow
 def test_suite_with_unknown_key_via_cli(tmp_path):
     p = tmp_path / "s.yaml"
     p.write_text(
@@ -72,6 +80,7 @@ def test_methods_json_lists_dense(capsys):
     assert refs["random"]["repository"] == "seebench"
 
 
+@pytest.mark.slow
 def test_run_uses_every_core_for_untimed_cells_unless_told(tmp_path, monkeypatch):
     import json
     import os

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from harness.records import load_dir
 
 
@@ -27,6 +29,7 @@ def test_paper_plan_lists_every_cell_with_reasons():
     assert any("runs (analytic FLOPs)" in ln for ln in body)
 
 
+@pytest.mark.slow
 def test_gpu_latency_plan_on_a_cpu_machine_estimates_gpu_minutes():
     """The GPU campaign's cells: every method at batch 1/8/32, graphs on and off, each with its
     estimated GPU-minutes; none runs on a machine without CUDA."""
@@ -56,6 +59,7 @@ def test_gpu_latency_plan_on_a_cpu_machine_estimates_gpu_minutes():
     assert out.stdout.splitlines()[-1].startswith(f"{len(cells)} cells: 0 can run here")
 
 
+@pytest.mark.slow
 def test_paper_run_completes_flops_and_skips_the_rest(tmp_path):
     out = _cli("run", "--suite", "paper", "--out", str(tmp_path), "--no-progress")
     assert out.returncode == 0, out.stderr
@@ -78,6 +82,7 @@ scenarios:
 """
 
 
+@pytest.mark.slow
 def test_sharded_runs_merged_equal_one_run(tmp_path):
     suite = tmp_path / "s.yaml"
     suite.write_text(SUITE)
@@ -110,6 +115,7 @@ def test_sharded_runs_merged_equal_one_run(tmp_path):
     assert one == merged
 
 
+@pytest.mark.slow
 def test_lmms_eval_two_cpu_processes_equal_one(tmp_path):
     from harness.models.tiny.model import TinyConfig, build_model, file_sha256
     from harness.models.tiny.tokenizer import save_processor

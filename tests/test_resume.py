@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 SUITE = """
 name: resume
 backbones:
@@ -22,6 +24,7 @@ def _records(out: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(out.glob("*.json")) if not p.name.startswith(".tmp-")}
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_only_unfinished_cells(tmp_path):
     suite = tmp_path / "resume.yaml"
     suite.write_text(SUITE)

@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from harness.cli import main
 
 
+@pytest.mark.slow
 def test_train_smoke_is_deterministic(tmp_path, capsys):
     outs = []
     for name in ("a", "b"):

@@ -89,6 +89,7 @@ def test_arch_recipes_and_bad_arch(capsys):
     assert "--arch fastv: use one of dense, vica, saisa, yopo" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_arch_smoke_writes_what_the_loader_reads(tmp_path):
     for arch in ("vica", "saisa", "yopo"):
         out = tmp_path / arch
