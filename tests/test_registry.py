@@ -66,7 +66,9 @@ def test_adding_a_method_is_one_file_and_one_table_line(tmp_path, monkeypatch, c
         vtw = build_stack("vtw", {"vtw": {"k": 2}}).plan(bb)
         assert ours.layers == vtw.layers and ours.name == "withdraw"
         assert build_stack("withdraw", {"withdraw": {"k": 2}}).params() == {"withdraw": {"k": 2}}
-        with pytest.raises(MethodError, match="method 'withdraw': unknown parameter 'q'; known parameters: k"):
+        with pytest.raises(
+            MethodError, match="method 'withdraw': unknown parameter 'q'; known parameters: k"
+        ):
             build_stack("withdraw", {"withdraw": {"q": 1}})
         assert main(["methods", "--json"]) == 0
         listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
