@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Literal
 
+from harness.baselines.yopo import SHIPPED_HEAD_COUNTS
 from harness.flops.model import LayerWork, Schedule, in_llm
 from harness.models.geometry import Geometry
 
@@ -40,39 +41,9 @@ VICA_T2V: dict[str, tuple[int, ...]] = {
 # ViCA's 7B checkpoint never queries the system prefix in prefill (docs/seed-methods.md §2.6).
 VICA_SYSTEM_QUERIES: dict[str, bool] = {"llava-1.5-7b": False}
 
-# Kept heads per layer of YOPO's shipped head masks (`LLaVA/headmask/headmask_*.npy` in
-# ZhangAIPI/YOPO_MLLM_Pruning @ f0783f4; row sums of the boolean [L, H] arrays). The 7B rows equal
-# docs/seed-methods.md §3.2; the 13B rows were read from the same files.
-HEADMASK_KEPT: dict[str, tuple[int, ...]] = {
-    "headmask_7b_8": (
-        32, 32, 0, 0, 1, 0, 1, 0, 4, 3, 5, 5, 10, 8, 18, 11, 9, 10, 9, 11, 15, 11, 11, 6, 11, 7, 10, 1,
-        4, 6, 2, 7,
-    ),
-    "headmask_7b_16": (
-        32, 32, 9, 5, 10, 4, 5, 15, 18, 13, 15, 20, 23, 24, 27, 23, 27, 17, 14, 18, 18, 16, 15, 8, 14,
-        10, 15, 5, 7, 11, 5, 24,
-    ),
-    "headmask_7b_24": (
-        32, 32, 32, 19, 24, 17, 21, 27, 26, 23, 27, 24, 28, 31, 31, 27, 29, 27, 23, 28, 25, 21, 20, 19,
-        18, 21, 20, 13, 18, 22, 16, 32,
-    ),
-    "headmask_13b_5": (
-        40, 40, 0, 0, 0, 0, 0, 0, 2, 0, 3, 2, 1, 3, 3, 7, 6, 7, 4, 6, 5, 2, 4, 5, 5, 6, 5, 3, 4, 1, 4, 2,
-        4, 0, 3, 1, 5, 4, 4, 9,
-    ),
-    "headmask_13b_10": (
-        40, 40, 4, 3, 0, 5, 2, 7, 13, 8, 10, 8, 12, 20, 9, 14, 14, 16, 17, 12, 14, 16, 9, 9, 9, 9, 8, 5,
-        5, 2, 4, 2, 6, 2, 4, 6, 7, 6, 9, 21,
-    ),
-    "headmask_13b_20": (
-        40, 40, 29, 24, 7, 21, 16, 11, 21, 21, 19, 20, 23, 28, 24, 25, 32, 26, 26, 25, 21, 26, 20, 12,
-        17, 12, 14, 11, 11, 9, 15, 10, 15, 10, 16, 16, 18, 18, 17, 32,
-    ),
-    "headmask_13b_30": (
-        40, 40, 40, 38, 31, 32, 29, 27, 33, 29, 33, 28, 33, 32, 32, 34, 39, 33, 32, 35, 30, 31, 31, 23,
-        23, 23, 22, 23, 16, 24, 28, 29, 28, 25, 30, 27, 24, 29, 26, 35,
-    ),
-}  # fmt: skip
+# The shipped masks' kept-head counts are data read from YOPO's files, not a rule: the restatement
+# takes them from the method that holds them.
+HEADMASK_KEPT = SHIPPED_HEAD_COUNTS
 
 # seebench PDrop defaults for 192 / 128 / 64 layer-averaged tokens (docs/baselines.md §2.2).
 PDROP_DEFAULTS: dict[int, tuple[tuple[int, ...], float]] = {
