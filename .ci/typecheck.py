@@ -46,7 +46,8 @@ def main(argv: list[str]) -> int:
     args = list(argv)
     if "--pythonpath" not in args:
         args = ["--pythonpath", sys.executable, *args]
-    cmd = [sys.executable, "-m", "pyright", "--outputjson", *args]
+    # the project is this repository (never a pyrightconfig.json in a parent folder)
+    cmd = [sys.executable, "-m", "pyright", "--outputjson", "--project", str(ROOT / "pyproject.toml"), *args]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     try:
         report = json.loads(proc.stdout)

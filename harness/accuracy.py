@@ -39,6 +39,7 @@ def evaluate_task(
     quiet_lmms_logging()
     from .lmms_entry import TASKS_DIR
     from .lmms_plugin import FAILED, SeebenchLMM
+    from .tasks import load_tasks
 
     lm = SeebenchLMM(backbone=bb, plan=plan, method=stack.name, mode=mode, batch_size=batch_size)
     tm = TaskManager("WARNING", include_path=TASKS_DIR, include_defaults=not task.startswith("shapes"))
@@ -46,7 +47,7 @@ def evaluate_task(
         raise HarnessError(f"unknown task '{task}': not an lmms-eval task or a seebench shapes task")
     logging.getLogger("lmms-eval").setLevel(logging.WARNING)
     res = simple_evaluate(
-        model=lm, tasks=[task], task_manager=tm, limit=limit, log_samples=True, bootstrap_iters=0,
+        model=lm, tasks=list(load_tasks([task], tm).values()), task_manager=tm, limit=limit, log_samples=True, bootstrap_iters=0,
         batch_size=batch_size, device=lm.device,
     )  # fmt: skip
     quiet_lmms_logging()

@@ -20,12 +20,13 @@ from .errors import HarnessError
 def calibration_inputs(bb: Backbone, tasks: list[str], limit: int) -> tuple[list[dict[str, Any]], list[str]]:
     """``limit`` samples per task from lmms-eval tasks (seebench's shapes tasks included), in order,
     as single-sample model inputs built with the checkpoint's chat template; plus their ids."""
-    from lmms_eval.tasks import TaskManager, get_task_dict
+    from lmms_eval.tasks import TaskManager
 
     from harness.models.verify import chat_prompt
 
     from .accuracy import quiet_lmms_logging
     from .lmms_entry import TASKS_DIR
+    from .tasks import load_tasks
 
     quiet_lmms_logging()
     tm = TaskManager(
@@ -37,7 +38,7 @@ def calibration_inputs(bb: Backbone, tasks: list[str], limit: int) -> tuple[list
             f"unknown calibration task(s) {unknown}: give lmms-eval task names, e.g. shapes_exist_ci"
         )
     inputs, ids = [], []
-    for name, task in get_task_dict(tasks, tm).items():
+    for name, task in load_tasks(tasks, tm).items():
         docs = task.test_docs() if task.has_test_docs() else task.validation_docs()
         for i, doc in enumerate(docs):
             if i >= limit:

@@ -61,3 +61,41 @@ def test_backbone_base_imports_no_family_and_no_loader():
             imported.update(f"{mod}.{a.name}" for a in node.names)
     bad = {m for m in imported for part in ("llava", "qwen2_vl", "loading") if part in m.split(".")}
     assert not bad, bad
+
+
+def test_every_data_file_ships():
+    """Each non-Python file inside a package folder matches a package-data pattern of the package
+    that owns it (a wheel, or the strict editable install's link tree, would otherwise lack it)."""
+    from fnmatch import fnmatch
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    data = cfg["package-data"]
+    folders = {}
+    for pkg in cfg["packages"]:
+        top = next(n for n in sorted(MAPPING, key=len, reverse=True) if pkg == n or pkg.startswith(n + "."))
+        folders[ROOT / MAPPING[top] / Path(*pkg[len(top) :].split(".")[1:])] = pkg
+    missing = []
+    for root in {ROOT / f for f in MAPPING.values()}:
+        for f in root.rglob("*"):
+            if f.is_dir() or f.suffix in (".py", ".pyc") or "__pycache__" in f.parts:
+                continue
+            owner = next(d for d in f.parents if d in folders)
+            rel = f.relative_to(owner).as_posix()
+            patterns = data.get("*", []) + data.get(folders[owner], [])
+            # setuptools globs do not cross folders: "*.json" matches only the package's own files
+            if not any(fnmatch(rel, p) and rel.count("/") == p.count("/") for p in patterns):
+                missing.append(f"{folders[owner]}: {rel}")
+    assert not missing, missing
+
+
+def test_tasks_load_from_any_working_directory(tmp_path, monkeypatch):
+    from lmms_eval.tasks import TaskManager
+
+    from harness.lmms_entry import TASKS_DIR
+    from harness.tasks import load_tasks
+
+    monkeypatch.chdir(tmp_path)
+    tm = TaskManager("ERROR", include_path=TASKS_DIR, include_defaults=False)
+    task = load_tasks(["shapes_exist_ci"], tm)["shapes_exist_ci"]
+    assert len(task.test_docs()) > 0
+    assert Path.cwd() == tmp_path
