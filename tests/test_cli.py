@@ -167,3 +167,10 @@ def test_user_errors_reach_main_as_one_line(args, message, tmp_path, capsys):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in args]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and err[0].startswith("harness: error: ") and message in err[0], err
+
+
+def test_random_choices_are_the_builders():
+    from harness.cli.common import RANDOM_FAMILIES as CHOICES
+    from harness.models.backbones.random import RANDOM_FAMILIES
+
+    assert list(RANDOM_FAMILIES) == CHOICES

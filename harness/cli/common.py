@@ -12,7 +12,12 @@ from collections.abc import Callable
 from ..errors import HarnessError
 
 #: the small random-init geometries ``--random`` builds (harness verify / flops / latency)
-RANDOM_FAMILIES = ["llava-1.5", "llava-next", "qwen2-vl"]
+RANDOM_FAMILIES = [
+    "llava-1.5",
+    "llava-next",
+    "qwen2-vl",
+    "qwen2.5-vl",
+]  # models/backbones/random.py (no torch here)
 
 
 def set_threads(n: int | None) -> None:

@@ -1,6 +1,7 @@
 """Which backbone class serves a checkpoint: the one module that knows the family subclasses.
 
-Families: ``llava`` (LLaVA-1.5), ``llava_next`` (LLaVA-NeXT, anyres) and ``qwen2_vl`` (M-RoPE);
+Families: ``llava`` (LLaVA-1.5), ``llava_next`` (LLaVA-NeXT, anyres), ``qwen2_vl`` (M-RoPE) and
+``qwen2_5_vl`` (Qwen2-VL's decoder, a window-attention tower);
 a checkpoint whose ``seebench.json`` says ``architecture: saisa`` loads as ``SaisaBackbone``.
 The subclasses are imported when first needed, so importing this module loads no family.
 """
@@ -16,7 +17,7 @@ from torch import nn
 
 from .base import Backbone, BackboneError
 
-FAMILIES = ("llava", "llava_next", "qwen2_vl")
+FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl")
 
 
 def family_of(config: Any) -> str:
@@ -24,7 +25,7 @@ def family_of(config: Any) -> str:
     if model_type not in FAMILIES:
         raise BackboneError(
             f"unknown backbone model_type '{model_type}': supported are {', '.join(FAMILIES)} "
-            "(LLaVA-1.5, LLaVA-NeXT, Qwen2-VL)"
+            "(LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL)"
         )
     return model_type
 
@@ -43,6 +44,10 @@ def backbone_class(family: str) -> type[Backbone]:
         from .qwen2_vl import Qwen2VLBackbone
 
         return Qwen2VLBackbone
+    if family == "qwen2_5_vl":
+        from .qwen2_5_vl import Qwen25VLBackbone
+
+        return Qwen25VLBackbone
     raise BackboneError(f"unknown backbone family '{family}': supported are {', '.join(FAMILIES)}")
 
 
@@ -77,6 +82,7 @@ def load_backbone(name_or_dir: str, dtype: torch.dtype = torch.float32, device: 
         "llava": "LlavaForConditionalGeneration",
         "llava_next": "LlavaNextForConditionalGeneration",
         "qwen2_vl": "Qwen2VLForConditionalGeneration",
+        "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     }[family]
     model_cls = getattr(transformers, cls_name)
     model = model_cls.from_pretrained(name_or_dir, dtype=dtype, attn_implementation="sdpa").to(device)

@@ -37,7 +37,7 @@ class Qwen2VLBackbone(Backbone):
         embeds = list(torch.split(out.pooler_output, sizes))
         # the raw features the merger consumed, grouped per merged token (merge^2 patches each)
         raw = out.last_hidden_state.reshape(-1, merge * merge * out.last_hidden_state.shape[-1])
-        feats = list(torch.split(raw, sizes))
+        feats = list(torch.split(self.raster_order(raw, grid), sizes))
         coords = []
         for t, h, w in grid.tolist():
             hh, ww = h // merge, w // merge
@@ -46,6 +46,10 @@ class Qwen2VLBackbone(Backbone):
         depth = len(visual.blocks)
         return VisionOutput(features=feats, embeds=embeds, coords=coords, vision_layers_run=depth,
                             vision_layers_total=depth)  # fmt: skip
+
+    def raster_order(self, merged_raw: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """The tower's raw features per merged token, in the order of the image tokens (raster)."""
+        return merged_raw
 
     def _hf_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """transformers 5.x's ``get_rope_index`` needs ``mm_token_type_ids`` (1 = image token)."""

@@ -17,7 +17,12 @@ from PIL import Image
 from .base import Backbone, BackboneError
 from .loading import wrap
 
-RANDOM_FAMILIES = {"llava-1.5": "llava", "llava-next": "llava_next", "qwen2-vl": "qwen2_vl"}
+RANDOM_FAMILIES = {
+    "llava-1.5": "llava",
+    "llava-next": "llava_next",
+    "qwen2-vl": "qwen2_vl",
+    "qwen2.5-vl": "qwen2_5_vl",
+}
 VOCAB = 512
 IMAGE_TOKEN = VOCAB - 1
 
@@ -58,6 +63,16 @@ def randomize_norms(model: _M, scale: float = 0.1) -> _M:
     return model
 
 
+def _qwen2_text(layers: int) -> dict[str, Any]:
+    """A small Qwen2 decoder: GQA, q/k/v biases, M-RoPE in sections of 2/3/3 rotary pairs."""
+    return dict(
+        hidden_size=64, intermediate_size=176, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=4096, rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        initializer_range=0.08, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+
+
 def build_random(family: str, seed: int = 0, layers: int = 4, image_size: int = 84) -> Backbone:
     """A random-init backbone of the given family (``llava-1.5``, ``llava-next``, ``qwen2-vl``),
     norm weights and biases drawn at random too (``randomize_norms``).  ``image_size`` sets
@@ -83,14 +98,23 @@ def build_random(family: str, seed: int = 0, layers: int = 4, image_size: int = 
             image_grid_pinpoints=[[84, 168], [168, 84], [168, 168], [84, 252], [252, 84]],
         )  # fmt: skip
         model = transformers.LlavaNextForConditionalGeneration(cfg)
+    elif kind == "qwen2_5_vl":
+        # a 56 px window (2 x 2 merged tokens) and full attention in blocks 1 and 3 of 4, so images of
+        # several windows exercise the tower's window order
+        cfg = transformers.Qwen2_5_VLConfig(
+            text_config=_qwen2_text(layers),
+            vision_config=dict(
+                depth=4, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
+                spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=56,
+                fullatt_block_indexes=[1, 3],
+            ),
+            image_token_id=IMAGE_TOKEN, video_token_id=IMAGE_TOKEN - 1,
+            vision_start_token_id=IMAGE_TOKEN - 2, vision_end_token_id=IMAGE_TOKEN - 3,
+        )  # fmt: skip
+        model = transformers.Qwen2_5_VLForConditionalGeneration(cfg)
     else:
         cfg = transformers.Qwen2VLConfig(
-            text_config=dict(
-                hidden_size=64, intermediate_size=176, num_hidden_layers=layers, num_attention_heads=4,
-                num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=4096, rms_norm_eps=1e-6,
-                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-                initializer_range=0.08, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-            ),
+            text_config=_qwen2_text(layers),
             vision_config=dict(
                 depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
                 spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
@@ -114,7 +138,7 @@ def _image_processor(bb: Backbone):
             size={"shortest_edge": 84}, crop_size={"height": 84, "width": 84},
             image_grid_pinpoints=bb.config.image_grid_pinpoints,
         )  # fmt: skip
-    if bb.family == "qwen2_vl":
+    if bb.family in ("qwen2_vl", "qwen2_5_vl"):
         return Qwen2VLImageProcessorPil(
             size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16},
             patch_size=14, merge_size=2, temporal_patch_size=2,
