@@ -62,9 +62,9 @@ class FastV(Method):
 
     @classmethod
     def paper_rows(cls, backbone: Any) -> list[PaperRow]:
-        """FastV's K=2, R=50% (not on Qwen2-VL), and on LLaVA-1.5 the kept counts x whose layer
+        """FastV's K=2, R=50% (not on the Qwen-VL models), and on LLaVA-1.5 the kept counts x whose layer
         average (2 v + (L - 2) x) / L is 192 / 128 / 64."""
-        if backbone.family == "qwen2_vl":
+        if backbone.family in ("qwen2_vl", "qwen2_5_vl"):
             return []
         rows = [PaperRow("K=2 R=50%")]
         if backbone.family == "llava":

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-Family = Literal["llava", "llava_next", "qwen2_vl"]
+Family = Literal["llava", "llava_next", "qwen2_vl", "qwen2_5_vl"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,25 @@ class VisionGeometry:
     channels: int = 3
     merge: int = 1  # Qwen2-VL: 2 x 2 patches -> 1 token in the merger
     select_layer: int = -2
+    mlp_matrices: int = 2  # 2: fc1/fc2 (CLIP, Qwen2-VL); 3: SwiGLU gate/up/down (Qwen2.5-VL)
+    window: int = 0  # patches per side of an attention window (Qwen2.5-VL: 112 px = 8); 0: full
+    full_blocks: tuple[int, ...] = ()  # blocks that attend over the whole image when ``window``
+
+    @property
+    def grid(self) -> int:
+        """Patches per side of one crop."""
+        return self.image_size // self.patch
+
+    def attention_area(self, block: int) -> int:
+        """Query x key pairs one block computes per crop: N² with full attention; with windows the
+        sum over windows of their size squared (windows tile the patch grid; the last one per axis
+        may be short)."""
+        n = self.tokens
+        if not self.window or block in self.full_blocks:
+            return n * n
+        g, w = self.grid, self.window
+        per_axis = sum(min(w, g - i) ** 2 for i in range(0, g, w))
+        return per_axis * per_axis
 
     @property
     def patches(self) -> int:
@@ -129,6 +148,12 @@ QWEN2_VL_VIT = VisionGeometry(
     select_layer=-1,
 )
 
+# Qwen2.5-VL-7B-Instruct vision_config: 32 blocks, hidden 1280, SwiGLU intermediate 3420, 16 heads,
+# patch 14, temporal patch 2, merge 2, window 112 px, full attention in blocks 7/15/23/31
+QWEN2_5_VL_VIT = replace(
+    QWEN2_VL_VIT, name="qwen2.5-vl-vit", mlp=3420, mlp_matrices=3, window=8, full_blocks=(7, 15, 23, 31)
+)
+
 LLAVA_NEXT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
 
 
@@ -186,26 +211,38 @@ PAPER_GEOMETRIES: dict[str, Geometry] = {
     # (head_dim 128), vocab 152064, rope_theta 1e6, M-RoPE sections [16, 24, 24]; vision: 32 blocks,
     # embed 1280, mlp_ratio 4, 16 heads, patch 14, temporal patch 2, spatial merge 2 (675M ViT).
     # Image fixed at 448 x 448 -> 1024 patches -> 256 tokens; merger MLP 5120 -> 5120 -> 3584.
-    "qwen2-vl-7b": Geometry(
-        name="qwen2-vl-7b",
-        family="qwen2_vl",
-        layers=28,
-        hidden=3584,
-        intermediate=18944,
-        heads=28,
-        kv_heads=4,
-        head_dim=128,
-        vocab=152064,
-        v=256,
-        s=15,
-        vision=QWEN2_VL_VIT,
-        projector=((5120, 5120), (5120, 3584)),
-        projector_rows=256,
-        image_token_id=151655,
-        rope_theta=1_000_000.0,
-        max_positions=32768,
-        source="Qwen/Qwen2-VL-7B-Instruct config.json; image 448x448",
-        extra={"vision_start_token_id": 151652, "vision_end_token_id": 151653, "video_token_id": 151656},
+    "qwen2-vl-7b": (
+        _QWEN2_VL_7B := Geometry(
+            name="qwen2-vl-7b",
+            family="qwen2_vl",
+            layers=28,
+            hidden=3584,
+            intermediate=18944,
+            heads=28,
+            kv_heads=4,
+            head_dim=128,
+            vocab=152064,
+            v=256,
+            s=15,
+            vision=QWEN2_VL_VIT,
+            projector=((5120, 5120), (5120, 3584)),
+            projector_rows=256,
+            image_token_id=151655,
+            rope_theta=1_000_000.0,
+            max_positions=32768,
+            source="Qwen/Qwen2-VL-7B-Instruct config.json; image 448x448",
+            extra={"vision_start_token_id": 151652, "vision_end_token_id": 151653, "video_token_id": 151656},
+        )
+    ),
+    # Qwen2.5-VL-7B-Instruct config.json: the decoder is Qwen2-VL-7B's (28 layers, hidden 3584,
+    # intermediate 18944, 28 heads / 4 KV heads, vocab 152064, rope_theta 1e6); the tower above; the
+    # same 448 x 448 image -> 256 tokens; merger 5120 -> 5120 -> 3584.
+    "qwen2.5-vl-7b": replace(
+        _QWEN2_VL_7B,
+        name="qwen2.5-vl-7b",
+        family="qwen2_5_vl",
+        vision=QWEN2_5_VL_VIT,
+        source="Qwen/Qwen2.5-VL-7B-Instruct config.json; image 448x448",
     ),
 }
 
@@ -328,6 +365,28 @@ def hf_config(g: Geometry) -> Any:
             vision_start_token_id=g.extra["vision_start_token_id"],
             vision_end_token_id=g.extra["vision_end_token_id"],
         )
+    elif g.family == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig
+
+        vg = g.vision
+        cfg = Qwen2_5_VLConfig(
+            text_config=dict(
+                hidden_size=g.hidden, intermediate_size=g.intermediate, num_hidden_layers=g.layers,
+                num_attention_heads=g.heads, num_key_value_heads=g.kv_heads, vocab_size=g.vocab,
+                max_position_embeddings=g.max_positions,
+                rope_parameters={"rope_type": "default", "rope_theta": g.rope_theta, "mrope_section": [16, 24, 24]},
+            ),
+            vision_config=dict(
+                depth=vg.layers, hidden_size=vg.width, intermediate_size=vg.mlp, num_heads=vg.heads,
+                in_channels=vg.channels, patch_size=vg.patch, spatial_merge_size=vg.merge,
+                temporal_patch_size=vg.temporal_patch, window_size=vg.window * vg.patch,
+                fullatt_block_indexes=list(vg.full_blocks), out_hidden_size=g.hidden,
+            ),
+            image_token_id=g.image_token_id,
+            video_token_id=g.extra["video_token_id"],
+            vision_start_token_id=g.extra["vision_start_token_id"],
+            vision_end_token_id=g.extra["vision_end_token_id"],
+        )  # fmt: skip
     else:  # pragma: no cover - Family is closed
         raise ValueError(g.family)
     cfg._attn_implementation = "sdpa"

@@ -46,3 +46,18 @@ def test_a_saved_checkpoint_loads_as_qwen2_5_vl(random_backbones, tmp_path):
     a, b = bb.encode(sample), loaded.encode(sample)
     torch.testing.assert_close(a.embeds, b.embeds)
     assert torch.equal(a.positions, b.positions) and a.positions.shape[0] == 3  # M-RoPE (t, row, col)
+
+
+def test_window_attention_area():
+    """448 px: a 32 x 32 patch grid in 8 x 8-patch windows (16 windows of 64 patches) in the
+    windowed blocks, the whole grid in blocks 7/15/23/31; a grid that windows do not tile leaves a
+    short last window per axis."""
+    from dataclasses import replace
+
+    from harness.models.geometry import PAPER_GEOMETRIES
+
+    vg = PAPER_GEOMETRIES["qwen2.5-vl-7b"].vision
+    assert vg.attention_area(0) == 16 * 64**2 and vg.attention_area(7) == 1024**2
+    odd = replace(vg, image_size=14 * 20)  # 20 patches per side: windows 8, 8, 4
+    assert odd.attention_area(0) == (8 * 8 + 8 * 8 + 4 * 4) ** 2
+    assert PAPER_GEOMETRIES["qwen2-vl-7b"].vision.attention_area(0) == 1024**2  # no windows there

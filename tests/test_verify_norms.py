@@ -20,7 +20,7 @@ def _norm_weights(bb):
     ]
 
 
-@pytest.mark.parametrize("family", ["llava-1.5", "llava-next", "qwen2-vl", "qwen2.5-vl"])
+@pytest.mark.parametrize("family", ["llava-1.5", "llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl"])
 def test_random_models_draw_norm_weights(random_backbones, family):
     weights = _norm_weights(random_backbones[family])
     assert weights

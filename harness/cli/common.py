@@ -15,6 +15,7 @@ from ..errors import HarnessError
 RANDOM_FAMILIES = [
     "llava-1.5",
     "llava-next",
+    "llava-onevision",
     "qwen2-vl",
     "qwen2.5-vl",
 ]  # models/backbones/random.py (no torch here)

@@ -67,7 +67,7 @@ def fake_count_dense(
         h_px, w_px = g.extra.get("hf_image_size", (672, 672))
         kwargs["pixel_values"] = torch.zeros(1, vg.crops, vg.channels, vg.image_size, vg.image_size)
         kwargs["image_sizes"] = torch.tensor([[h_px, w_px]])
-    else:  # qwen2_vl
+    else:  # qwen2_vl, qwen2_5_vl
         side = vg.image_size // vg.patch
         ids[0, g.s - 1] = g.extra["vision_start_token_id"]
         ids[0, g.s + v] = g.extra["vision_end_token_id"]
@@ -88,7 +88,7 @@ def fake_count_dense(
         hits = [val for key, val in per_module.items() if key.endswith(suffix)]
         return hits[0] if hits else 0
 
-    if g.family == "qwen2_vl":
+    if g.family in ("qwen2_vl", "qwen2_5_vl"):
         projector = module(".model.visual.merger")
         vision = module(".model.visual") - projector
     else:
@@ -114,8 +114,10 @@ def _hf_model_class(g: Geometry) -> Any:
         from transformers import LlavaForConditionalGeneration as cls
     elif g.family == "llava_next":
         from transformers import LlavaNextForConditionalGeneration as cls
-    else:
+    elif g.family == "qwen2_vl":
         from transformers import Qwen2VLForConditionalGeneration as cls
+    else:
+        from transformers import Qwen2_5_VLForConditionalGeneration as cls
     return cls
 
 

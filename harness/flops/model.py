@@ -230,7 +230,8 @@ def vision_tower_compute(
 ) -> Compute:
     """ViT MACs for all crops: patch embedding + ``layers`` encoder blocks (default: all executed).
 
-    Per block and token: Q/K/V/O 4·D², MLP 2·D·mlp; attention 2·N²·D per crop (full, non-causal).
+    Per block and token: Q/K/V/O 4·D², MLP 2·D·mlp (SwiGLU: 3·D·mlp); attention 2·N²·D per crop
+    (full, non-causal), or the sum over its windows of 2·n_w²·D in a windowed block (Qwen2.5-VL).
     LLaVA uses the output of layer 22 (select layer -2), so ``g.vision.layers_needed`` = 23 blocks
     suffice; HF and the LLaVA reference execute all 24.  ``tokens``: (attention tokens, MLP tokens)
     per block for a tower that merges tokens as it goes (ToMe); later blocks keep the last count.
@@ -241,7 +242,15 @@ def vision_tower_compute(
     embed = vg.patches * d * vg.channels * vg.temporal_patch * vg.patch**2
     per = list(tokens or [])
     per += [(per[-1][1] if per else n,) * 2] * max(0, n_layers - len(per))
-    blocks = sum(4 * na * d * d + 2 * nm * d * vg.mlp + 2 * na * na * d for na, nm in per[:n_layers])
+    mm = vg.mlp_matrices
+
+    def area(i: int, na: int) -> int:  # a merging tower (ToMe) attends fully over its tokens
+        return na * na if tokens else vg.attention_area(i)
+
+    blocks = sum(
+        4 * na * d * d + mm * nm * d * vg.mlp + 2 * area(i, na) * d
+        for i, (na, nm) in enumerate(per[:n_layers])
+    )
     return Compute(vg.crops * (embed + blocks))
 
 

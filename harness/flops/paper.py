@@ -77,6 +77,7 @@ PAPER_BACKBONES = (
     "llava-next-13b",
     "mobilellama-2.7b",
     "qwen2-vl-7b",
+    "qwen2.5-vl-7b",
 )
 
 # Published values (TFLOPs) that the analytic model must reproduce (docs/flops.md §3; LLaVA-1.5-7B only).
@@ -90,7 +91,9 @@ _PUBLISHED: dict[tuple[str, str], tuple[dict[str, float], str]] = {
     ("llava-1.5-7b", "32 tokens"): ({"tflops_visual_vica": 0.42}, "ViCA Table 1"),
 }
 #: visual tokens a generic pre-LLM reduction keeps, per family
-_PRUNE_TOKENS = {"llava": (192, 128, 64, 32), "llava_next": (640, 320, 160), "qwen2_vl": (128, 64)}
+_PRUNE_TOKENS = {
+    "llava": (192, 128, 64, 32), "llava_next": (640, 320, 160), "qwen2_vl": (128, 64), "qwen2_5_vl": (128, 64),
+}  # fmt: skip
 
 
 def _row(

@@ -1,4 +1,4 @@
-"""LLaVA-1.5 and LLaVA-NeXT backbones.
+"""LLaVA-1.5, LLaVA-NeXT and LLaVA-OneVision backbones.
 
 The vision tower is run layer by layer up to the feature layer the model uses: LLaVA-1.5 reads
 the output of encoder layer -2, so the last encoder layer is never computed here (the HF model
@@ -199,14 +199,9 @@ class LlavaNextBackbone(LlavaBackbone):
         proj = self.model.model.multi_modal_projector(feats)
         per_image = torch.split(proj, n_patches, dim=0)
         hf = self.model.model
-        packed, _ = hf.pack_image_features(
-            list(per_image), image_sizes, cfg.vision_feature_select_strategy, image_newline=hf.image_newline
-        )
+        packed = self._pack(list(per_image), image_sizes, hf.image_newline)
         raw = torch.split(feats, n_patches, dim=0)
-        raw_packed, _ = hf.pack_image_features(
-            list(raw), image_sizes, cfg.vision_feature_select_strategy,
-            image_newline=feats.new_zeros(feats.shape[-1]),
-        )  # fmt: skip
+        raw_packed = self._pack(list(raw), image_sizes, feats.new_zeros(feats.shape[-1]))
         coords = [self._coords(n, image_sizes[i], feats.shape[1]) for i, n in enumerate(n_patches)]
         for c, e in zip(coords, packed, strict=True):
             assert c.shape[0] == e.shape[0], (c.shape, e.shape)
@@ -226,15 +221,20 @@ class LlavaNextBackbone(LlavaBackbone):
             pv[i, : s["pixel_values"].shape[1]] = s["pixel_values"][0]
         return {"pixel_values": pv, "image_sizes": torch.cat([s["image_sizes"] for s in samples])}
 
+    def _pack(
+        self, per_image: list[torch.Tensor], image_sizes, newline: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """The model's own packing of each image's crops (base, unpadded tiles, newline column)."""
+        packed, _ = self.model.model.pack_image_features(
+            per_image, image_sizes, self.config.vision_feature_select_strategy, image_newline=newline
+        )
+        return packed
+
     def _coords(self, n_patch: int, image_size, n_tok: int) -> torch.Tensor:
         """(grid, row, col) per packed token: grid 0 = base image, 1 = unpadded high-res tiles;
         newline tokens get -1.  Found by packing a marker tensor through the model's own packer."""
-        hf = self.model.model
         marker = [torch.ones(n_patch, n_tok, 1)]
-        packed, _ = hf.pack_image_features(
-            marker, image_size[None], self.config.vision_feature_select_strategy, image_newline=torch.zeros(1)
-        )
-        packed = packed[0][:, 0]
+        packed = self._pack(marker, image_size[None], torch.zeros(1))[0][:, 0]
         g = math.isqrt(int(n_tok))
         out = torch.full((packed.shape[0], 3), -1, dtype=torch.long)
         if n_patch == 1:
@@ -287,3 +287,19 @@ def _per_sample(clip: dict, img_rows: list[int], b: int) -> list[dict | None] | 
     for j, row in enumerate(img_rows):
         out[row] = {key: v[j] if isinstance(v, torch.Tensor) else v for key, v in clip.items()}
     return out
+
+
+class LlavaOnevisionBackbone(LlavaNextBackbone):
+    """LLaVA-OneVision: a SigLIP tower (no CLS token; all its tokens are kept), a Qwen2 decoder, and
+    anyres_max_9 packing, which shrinks a high-resolution grid larger than 9 crops by bilinear
+    interpolation before the newline column is added."""
+
+    family = "llava_onevision"
+
+    def _pack(
+        self, per_image: list[torch.Tensor], image_sizes, newline: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        packed, _ = self.model.model.pack_image_features(
+            per_image, image_sizes, image_newline=newline, vision_aspect_ratio=self.config.vision_aspect_ratio
+        )
+        return packed

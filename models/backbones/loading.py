@@ -1,7 +1,8 @@
 """Which backbone class serves a checkpoint: the one module that knows the family subclasses.
 
 Families: ``llava`` (LLaVA-1.5), ``llava_next`` (LLaVA-NeXT, anyres), ``qwen2_vl`` (M-RoPE) and
-``qwen2_5_vl`` (Qwen2-VL's decoder, a window-attention tower);
+``qwen2_5_vl`` (Qwen2-VL's decoder, a window-attention tower), ``llava_onevision`` (SigLIP,
+anyres_max_9, a Qwen2 decoder);
 a checkpoint whose ``seebench.json`` says ``architecture: saisa`` loads as ``SaisaBackbone``.
 The subclasses are imported when first needed, so importing this module loads no family.
 """
@@ -17,7 +18,7 @@ from torch import nn
 
 from .base import Backbone, BackboneError
 
-FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl")
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")
 
 
 def family_of(config: Any) -> str:
@@ -25,7 +26,7 @@ def family_of(config: Any) -> str:
     if model_type not in FAMILIES:
         raise BackboneError(
             f"unknown backbone model_type '{model_type}': supported are {', '.join(FAMILIES)} "
-            "(LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL)"
+            "(LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL)"
         )
     return model_type
 
@@ -40,6 +41,10 @@ def backbone_class(family: str) -> type[Backbone]:
         from .llava import LlavaNextBackbone
 
         return LlavaNextBackbone
+    if family == "llava_onevision":
+        from .llava import LlavaOnevisionBackbone
+
+        return LlavaOnevisionBackbone
     if family == "qwen2_vl":
         from .qwen2_vl import Qwen2VLBackbone
 
@@ -81,6 +86,7 @@ def load_backbone(name_or_dir: str, dtype: torch.dtype = torch.float32, device: 
     cls_name = {
         "llava": "LlavaForConditionalGeneration",
         "llava_next": "LlavaNextForConditionalGeneration",
+        "llava_onevision": "LlavaOnevisionForConditionalGeneration",
         "qwen2_vl": "Qwen2VLForConditionalGeneration",
         "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     }[family]

@@ -20,6 +20,7 @@ from .loading import wrap
 RANDOM_FAMILIES = {
     "llava-1.5": "llava",
     "llava-next": "llava_next",
+    "llava-onevision": "llava_onevision",
     "qwen2-vl": "qwen2_vl",
     "qwen2.5-vl": "qwen2_5_vl",
 }
@@ -98,6 +99,20 @@ def build_random(family: str, seed: int = 0, layers: int = 4, image_size: int = 
             image_grid_pinpoints=[[84, 168], [168, 84], [168, 168], [84, 252], [252, 84]],
         )  # fmt: skip
         model = transformers.LlavaNextForConditionalGeneration(cfg)
+    elif kind == "llava_onevision":
+        # SigLIP at 84 px (6 x 6 patches, no CLS), anyres pinpoints up to 3 x 3 crops so that
+        # anyres_max_9 packing is exercised, a Qwen2 decoder
+        cfg = transformers.LlavaOnevisionConfig(
+            vision_config=dict(
+                model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, image_size=84, patch_size=14,
+            ),
+            text_config={**_qwen2_text(layers), "model_type": "qwen2"},
+            image_token_index=IMAGE_TOKEN, vision_feature_layer=-1, vision_feature_select_strategy="full",
+            image_grid_pinpoints=[[84, 168], [168, 84], [168, 168], [84, 252], [252, 84], [252, 252]],
+            vision_aspect_ratio="anyres_max_9",
+        )  # fmt: skip
+        model = transformers.LlavaOnevisionForConditionalGeneration(cfg)
     elif kind == "qwen2_5_vl":
         # a 56 px window (2 x 2 merged tokens) and full attention in blocks 1 and 3 of 4, so images of
         # several windows exercise the tower's window order
@@ -133,6 +148,14 @@ def _image_processor(bb: Backbone):
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+    if bb.family == "llava_onevision":
+        from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+            LlavaOnevisionImageProcessorPil,
+        )
+
+        return LlavaOnevisionImageProcessorPil(
+            size={"height": 84, "width": 84}, image_grid_pinpoints=bb.config.image_grid_pinpoints
+        )
     if bb.family == "llava_next":
         return LlavaNextImageProcessorPil(
             size={"shortest_edge": 84}, crop_size={"height": 84, "width": 84},
@@ -164,7 +187,7 @@ def random_sample_inputs(
     else:
         assert proc is not None  # every family but llava has its image processor
         out = proc(images=[random_image(rng, image_size)], return_tensors="pt")
-        if bb.family == "llava_next":
+        if bb.family in ("llava_next", "llava_onevision"):
             inputs = {"pixel_values": out["pixel_values"], "image_sizes": out["image_sizes"]}
         else:
             inputs = {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}

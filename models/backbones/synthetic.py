@@ -40,6 +40,7 @@ SYNTHETIC_TOKEN_LAYOUTS: dict[str, dict[str, int]] = {
         ("llava-1.5", "llava-1.5-7b"),
         ("llava-next", "llava-next-7b"),
         ("qwen2-vl", "qwen2-vl-7b"),
+        ("qwen2.5-vl", "qwen2.5-vl-7b"),
     )
 }
 
@@ -56,7 +57,8 @@ def synthetic_backbone(
         raise ValueError(f"unknown geometry '{geometry}': use one of {', '.join(SYNTHETIC_TOKEN_LAYOUTS)}")
     torch.manual_seed(seed)
     ffn = ffn or int(round(hidden * 11008 / 4096 / 64)) * 64
-    kv_heads = kv_heads or (heads if geometry != "qwen2-vl" else max(1, heads // 4))  # Qwen2-VL is GQA
+    qwen = geometry in ("qwen2-vl", "qwen2.5-vl")
+    kv_heads = kv_heads or (max(1, heads // 4) if qwen else heads)  # the Qwen-VL decoders are GQA
     if geometry == "llava-1.5":
         # CLIP ViT-L/14-336 width and patch grid (24 x 24), two layers: the feature layer (-2) and the
         # unused last one.  The tower never runs in a timed pass; its weights serve the pre-LLM
