@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-Family = Literal["llava", "llava_next", "qwen2_vl", "qwen2_5_vl"]
+Family = Literal["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl"]
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,23 @@ QWEN2_5_VL_VIT = replace(
     QWEN2_VL_VIT, name="qwen2.5-vl-vit", mlp=3420, mlp_matrices=3, window=8, full_blocks=(7, 15, 23, 31)
 )
 
+# SigLIP-so400m-patch14-384 as LLaVA-OneVision ships it (llava-onevision-qwen2-7b-ov-hf vision_config:
+# 26 blocks, hidden 1152, intermediate 4304, 16 heads, patch 14, 384 px, no pooling head; all 729
+# tokens of a crop kept, feature layer -1), for a 768 x 768 image: the base crop + 2 x 2 tiles
+SIGLIP_SO400M_384 = VisionGeometry(
+    name="siglip-so400m-patch14-384",
+    layers=26,
+    layers_needed=26,
+    width=1152,
+    mlp=4304,
+    heads=16,
+    patch=14,
+    image_size=384,
+    cls_token=False,
+    crops=5,
+    select_layer=-1,
+)
+
 LLAVA_NEXT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
 
 
@@ -233,6 +250,31 @@ PAPER_GEOMETRIES: dict[str, Geometry] = {
             source="Qwen/Qwen2-VL-7B-Instruct config.json; image 448x448",
             extra={"vision_start_token_id": 151652, "vision_end_token_id": 151653, "video_token_id": 151656},
         )
+    ),
+    # llava-onevision-qwen2-7b-ov-hf: a Qwen2-7B decoder (28 layers, hidden 3584, intermediate 18944,
+    # 28 heads / 4 KV heads, rope_theta 1e6; vocab 152128, UNVERIFIED) and SigLIP above; a 768 x 768
+    # image gives 729 base tokens + the 54 x 54 tile map with one newline per row (no unpadding, no
+    # downscaling: 4 tiles <= 9) = 729 + 54 x 55 = 3699; projector mlp2x_gelu over the 5 x 729 crop tokens.
+    "llava-onevision-7b": Geometry(
+        name="llava-onevision-7b",
+        family="llava_onevision",
+        layers=28,
+        hidden=3584,
+        intermediate=18944,
+        heads=28,
+        kv_heads=4,
+        head_dim=128,
+        vocab=152128,
+        v=729 + 54 * 55,
+        s=15,
+        vision=SIGLIP_SO400M_384,
+        projector=((1152, 3584), (3584, 3584)),
+        projector_rows=5 * 729,
+        image_token_id=151646,
+        rope_theta=1_000_000.0,
+        max_positions=32768,
+        source="llava-hf/llava-onevision-qwen2-7b-ov-hf config.json (UNVERIFIED here); image 768x768",
+        extra={"hf_image_size": (768, 768)},
     ),
     # Qwen2.5-VL-7B-Instruct config.json: the decoder is Qwen2-VL-7B's (28 layers, hidden 3584,
     # intermediate 18944, 28 heads / 4 KV heads, vocab 152064, rope_theta 1e6); the tower above; the
@@ -386,6 +428,24 @@ def hf_config(g: Geometry) -> Any:
             video_token_id=g.extra["video_token_id"],
             vision_start_token_id=g.extra["vision_start_token_id"],
             vision_end_token_id=g.extra["vision_end_token_id"],
+        )  # fmt: skip
+    elif g.family == "llava_onevision":
+        from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+
+        vg = g.vision
+        cfg = LlavaOnevisionConfig(
+            vision_config=SiglipVisionConfig(
+                hidden_size=vg.width, intermediate_size=vg.mlp, num_hidden_layers=vg.layers,
+                num_attention_heads=vg.heads, image_size=vg.image_size, patch_size=vg.patch, vision_use_head=False,
+            ),
+            text_config=Qwen2Config(
+                hidden_size=g.hidden, intermediate_size=g.intermediate, num_hidden_layers=g.layers,
+                num_attention_heads=g.heads, num_key_value_heads=g.kv_heads, vocab_size=g.vocab,
+                max_position_embeddings=g.max_positions,
+                rope_parameters={"rope_type": "default", "rope_theta": g.rope_theta},
+            ),
+            image_token_index=g.image_token_id, vision_feature_layer=-1, vision_feature_select_strategy="full",
+            vision_aspect_ratio="anyres_max_9",
         )  # fmt: skip
     else:  # pragma: no cover - Family is closed
         raise ValueError(g.family)

@@ -319,7 +319,9 @@ def test_paper_table_reproduces_published():
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["llava-1.5-7b", "qwen2-vl-7b", "llava-next-7b", "qwen2.5-vl-7b"])
+@pytest.mark.parametrize(
+    "name", ["llava-1.5-7b", "qwen2-vl-7b", "llava-next-7b", "qwen2.5-vl-7b", "llava-onevision-7b"]
+)
 def test_fake_tensor_cross_check(name):
     import torch
 

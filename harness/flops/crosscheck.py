@@ -51,7 +51,10 @@ def fake_count_dense(
     v = hf_visual_tokens(g)
     start = time.perf_counter()
     cfg = hf_config(g)
-    with FakeTensorMode(allow_non_fake_inputs=True):
+    from transformers.initialization import no_init_weights
+
+    # the weights' values never matter here (SigLIP's truncated-normal init cannot run on fake tensors)
+    with FakeTensorMode(allow_non_fake_inputs=True), no_init_weights():
         model = _hf_model_class(g)(cfg)
     model.eval()
     built = time.perf_counter()
@@ -63,7 +66,7 @@ def fake_count_dense(
     vg = g.vision
     if g.family == "llava":
         kwargs["pixel_values"] = torch.zeros(1, vg.channels, vg.image_size, vg.image_size)
-    elif g.family == "llava_next":
+    elif g.family in ("llava_next", "llava_onevision"):
         h_px, w_px = g.extra.get("hf_image_size", (672, 672))
         kwargs["pixel_values"] = torch.zeros(1, vg.crops, vg.channels, vg.image_size, vg.image_size)
         kwargs["image_sizes"] = torch.tensor([[h_px, w_px]])
@@ -114,6 +117,8 @@ def _hf_model_class(g: Geometry) -> Any:
         from transformers import LlavaForConditionalGeneration as cls
     elif g.family == "llava_next":
         from transformers import LlavaNextForConditionalGeneration as cls
+    elif g.family == "llava_onevision":
+        from transformers import LlavaOnevisionForConditionalGeneration as cls
     elif g.family == "qwen2_vl":
         from transformers import Qwen2VLForConditionalGeneration as cls
     else:

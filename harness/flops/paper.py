@@ -78,6 +78,7 @@ PAPER_BACKBONES = (
     "mobilellama-2.7b",
     "qwen2-vl-7b",
     "qwen2.5-vl-7b",
+    "llava-onevision-7b",
 )
 
 # Published values (TFLOPs) that the analytic model must reproduce (docs/flops.md §3; LLaVA-1.5-7B only).
@@ -170,7 +171,7 @@ def paper_table(backbones: Sequence[str] = PAPER_BACKBONES) -> list[dict[str, An
                     _row(g, r.label or method, r.setting, sched, dense_t, visual_convention=r.visual_convention,
                          visual_override=override, published=r.published, source=r.source, note=r.note)
                 )  # fmt: skip
-        for k in _PRUNE_TOKENS[g.family]:
+        for k in _PRUNE_TOKENS.get(g.family, ()):
             published, source = _PUBLISHED.get((name, f"{k} tokens"), ({}, ""))
             rows.append(
                 _row(g, "prune", f"{k} tokens", prune(g, k), dense_t, published=published, source=source)

@@ -41,6 +41,7 @@ SYNTHETIC_TOKEN_LAYOUTS: dict[str, dict[str, int]] = {
         ("llava-next", "llava-next-7b"),
         ("qwen2-vl", "qwen2-vl-7b"),
         ("qwen2.5-vl", "qwen2.5-vl-7b"),
+        ("llava-onevision", "llava-onevision-7b"),
     )
 }
 
@@ -57,8 +58,8 @@ def synthetic_backbone(
         raise ValueError(f"unknown geometry '{geometry}': use one of {', '.join(SYNTHETIC_TOKEN_LAYOUTS)}")
     torch.manual_seed(seed)
     ffn = ffn or int(round(hidden * 11008 / 4096 / 64)) * 64
-    qwen = geometry in ("qwen2-vl", "qwen2.5-vl")
-    kv_heads = kv_heads or (max(1, heads // 4) if qwen else heads)  # the Qwen-VL decoders are GQA
+    gqa = geometry in ("qwen2-vl", "qwen2.5-vl", "llava-onevision")
+    kv_heads = kv_heads or (max(1, heads // 4) if gqa else heads)  # the Qwen2 decoders are GQA
     if geometry == "llava-1.5":
         # CLIP ViT-L/14-336 width and patch grid (24 x 24), two layers: the feature layer (-2) and the
         # unused last one.  The tower never runs in a timed pass; its weights serve the pre-LLM
