@@ -350,20 +350,12 @@ def _clip_layers_needed(bb: Backbone) -> int:
     return max(i if i >= 0 else total + 1 + i for i in layers)
 
 
-def projector_shapes_of(bb: Backbone | None) -> tuple:
-    """Per-layer projector matrices of a backbone that has them (SAISA), else ()."""
-    if bb is None or not hasattr(bb, "projectors"):
-        return getattr(bb, "layer_projector_shapes", ())  # a weightless stand-in may declare them
-    first, last = bb.projectors[0][0], bb.projectors[0][2]
-    return ((first.in_features, first.out_features), (last.in_features, last.out_features))
-
-
 def schedule_from_plan(
     plan: VisualPlan, stats: list[LayerStats], batch: Batch, mode: str = "drop", bb: Backbone | None = None
 ) -> list[fa.LayerWork]:
     """:func:`schedule` of a batch-1 run, with the visual tokens the executor had in each layer."""
     present = [st.present[0] for st in stats]
-    return fa.schedule(plan, fa.PromptCounts.of(batch), present, mode, projector_shapes_of(bb))
+    return fa.schedule(plan, fa.PromptCounts.of(batch), present, mode, fa.projector_shapes_of(bb))
 
 
 def selector_overhead(

@@ -546,13 +546,22 @@ def schedule(
     return out
 
 
+def projector_shapes_of(bb: Any) -> tuple:
+    """(in, out) of each matrix of the per-layer projectors a backbone carries (SAISA's modules,
+    or the shapes a weightless stand-in declares), else ()."""
+    if bb is None or not hasattr(bb, "projectors"):
+        return getattr(bb, "layer_projector_shapes", ())
+    first, last = bb.projectors[0][0], bb.projectors[0][2]
+    return ((first.in_features, first.out_features), (last.in_features, last.out_features))
+
+
 def plan_schedule(
-    g: Geometry, stack: str, params: dict[str, dict[str, Any]] | None = None, visual: int | None = None
+    g: Geometry, stack: str, params: dict[str, dict[str, Any]] | None = None
 ) -> Schedule | None:
     """The schedule of a method stack at a geometry: the stack's plan built on a weightless
     stand-in of the checkpoint (with what the methods bring, e.g. per-layer projectors), its
-    rule's work (``schedule(work="rule")``) on the geometry's prompt (``visual``: another visual
-    count entering the decoder).  None when the stack cannot be built there."""
+    rule's work (``schedule(work="rule")``) on the geometry's prompt.  None when the stack cannot
+    be built there."""
     from harness.baselines.registry import build_stack
     from harness.models.geometry import GeometryBackbone
     from harness.models.method import MethodError
@@ -563,11 +572,13 @@ def plan_schedule(
         plan = built.plan(bb)
     except MethodError:
         return None
-    counts = PromptCounts.of_geometry(g)
-    if visual is not None:
-        counts = replace(counts, visual=visual)
-    shapes = getattr(bb, "layer_projector_shapes", ())
-    return schedule(plan, counts, projector_shapes=shapes, work="rule", num_heads=g.heads)
+    return schedule(
+        plan,
+        PromptCounts.of_geometry(g),
+        projector_shapes=projector_shapes_of(bb),
+        work="rule",
+        num_heads=g.heads,
+    )
 
 
 def _rule_heads(lp: Any, num_heads: int | None) -> dict[str, float]:

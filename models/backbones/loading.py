@@ -9,6 +9,7 @@ The subclasses are imported when first needed, so importing this module loads no
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,15 @@ from torch import nn
 
 from .base import Backbone, BackboneError
 
-FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")
+#: family (the config's model_type) -> (module of its backbone class, that class, the HF model class)
+_FAMILY_CLASSES: dict[str, tuple[str, str, str]] = {
+    "llava": (".llava", "LlavaBackbone", "LlavaForConditionalGeneration"),
+    "llava_next": (".llava", "LlavaNextBackbone", "LlavaNextForConditionalGeneration"),
+    "llava_onevision": (".llava", "LlavaOnevisionBackbone", "LlavaOnevisionForConditionalGeneration"),
+    "qwen2_vl": (".qwen2_vl", "Qwen2VLBackbone", "Qwen2VLForConditionalGeneration"),
+    "qwen2_5_vl": (".qwen2_5_vl", "Qwen25VLBackbone", "Qwen2_5_VLForConditionalGeneration"),
+}
+FAMILIES = tuple(_FAMILY_CLASSES)
 
 
 def family_of(config: Any) -> str:
@@ -32,28 +41,11 @@ def family_of(config: Any) -> str:
 
 
 def backbone_class(family: str) -> type[Backbone]:
-    """The backbone class of a family (one of ``FAMILIES``)."""
-    if family == "llava":
-        from .llava import LlavaBackbone
-
-        return LlavaBackbone
-    if family == "llava_next":
-        from .llava import LlavaNextBackbone
-
-        return LlavaNextBackbone
-    if family == "llava_onevision":
-        from .llava import LlavaOnevisionBackbone
-
-        return LlavaOnevisionBackbone
-    if family == "qwen2_vl":
-        from .qwen2_vl import Qwen2VLBackbone
-
-        return Qwen2VLBackbone
-    if family == "qwen2_5_vl":
-        from .qwen2_5_vl import Qwen25VLBackbone
-
-        return Qwen25VLBackbone
-    raise BackboneError(f"unknown backbone family '{family}': supported are {', '.join(FAMILIES)}")
+    """The backbone class of a family (one of ``FAMILIES``), imported when first asked for."""
+    if family not in _FAMILY_CLASSES:
+        raise BackboneError(f"unknown backbone family '{family}': supported are {', '.join(FAMILIES)}")
+    module, name, _ = _FAMILY_CLASSES[family]
+    return getattr(importlib.import_module(module, __package__), name)
 
 
 def wrap(model: nn.Module, processor: Any = None, source: str = "", weights: str = "pretrained") -> Backbone:
@@ -83,14 +75,7 @@ def load_backbone(name_or_dir: str, dtype: torch.dtype = torch.float32, device: 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackboneError(f"cannot load config of '{name_or_dir}': {first}") from None
     family = family_of(config)
-    cls_name = {
-        "llava": "LlavaForConditionalGeneration",
-        "llava_next": "LlavaNextForConditionalGeneration",
-        "llava_onevision": "LlavaOnevisionForConditionalGeneration",
-        "qwen2_vl": "Qwen2VLForConditionalGeneration",
-        "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-    }[family]
-    model_cls = getattr(transformers, cls_name)
+    model_cls = getattr(transformers, _FAMILY_CLASSES[family][2])
     model = model_cls.from_pretrained(name_or_dir, dtype=dtype, attn_implementation="sdpa").to(device)
     processor = None
     try:
