@@ -43,7 +43,33 @@ def test_unknown_backbone_type_in_a_directory(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     out = _run("verify", str(tmp_path))
     assert out.returncode == 2
-    assert "unknown backbone model_type 'bert'" in out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "unknown backbone model_type 'bert'" in lines[0], out.stderr
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"model_type": "gemma3"}, "unknown backbone model_type 'gemma3': supported are "),
+        ({}, "unknown backbone without a model_type: supported are "),
+        (
+            {"architectures": ["Gemma3ForConditionalGeneration"]},
+            "unknown backbone without a model_type (architectures: Gemma3ForConditionalGeneration)",
+        ),
+        (
+            {"model_type": "llava", "architectures": ["LlavaLlamaForCausalLM"]},
+            "unsupported architecture LlavaLlamaForCausalLM for model_type 'llava': seebench loads",
+        ),
+    ],
+)
+def test_an_unsupported_architecture_is_one_line_listing_the_families(config, message, tmp_path, capsys):
+    from harness.models.backbones.loading import FAMILIES
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert main(["verify", str(tmp_path)]) == 2  # a traceback would raise here instead
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("harness: error: ") and message in lines[0], lines
+    assert all(family in lines[0] for family in FAMILIES)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..errors import HarnessError
 from .common import RANDOM_FAMILIES, positive
@@ -14,6 +15,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument("model", nargs="?", help="local checkpoint directory (save_pretrained) or hub id")
     v.add_argument("--random", choices=RANDOM_FAMILIES,
                    help="build a small random-init model of this family's geometry instead")  # fmt: skip
+    v.add_argument("--save-folder", metavar="DIR",
+                   help="with --random: save the model as a checkpoint folder laid out the way the hub ships "
+                        "one (weights, tokenizer, processor configs, chat template) and verify that folder")  # fmt: skip
     v.add_argument("--batch", type=positive("batch size"), default=4, help="ragged batch size (default 4)")
     v.add_argument(
         "--tokens", type=positive("--tokens"), default=16, help="greedy tokens to compare (default 16)"
@@ -33,6 +37,13 @@ def run(args: argparse.Namespace) -> int:
         raise HarnessError(
             "give a checkpoint directory (harness verify MODEL) or --random FAMILY, not both/neither"
         )
+    if args.save_folder:
+        if not args.random:
+            raise HarnessError("--save-folder saves a random model: give it with --random FAMILY")
+        from harness.models.backbones.hub_layout import save_hub_checkpoint
+
+        args.model, args.random = str(save_hub_checkpoint(args.random, args.save_folder)), None
+        print(f"saved {args.model}", file=sys.stderr)  # stdout stays the figures (--json)
     if args.random:
         bb = open_backbone(f"random:{args.random}")
         samples = verify_inputs(bb, args.batch, args.seed)  # a suite's verify cell: ragged random inputs
