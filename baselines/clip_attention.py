@@ -19,8 +19,10 @@ from harness.models.method import MethodError
 def clip_state(batch: Any, i: int, method: str) -> dict:
     clip = batch.extras.get("clip")
     if not clip or clip[i] is None:
+        why = batch.extras.get("no_clip")  # the backbone's reason, where it gives one (InternVL)
         raise MethodError(
             f"method '{method}' reads CLIP attention: it needs a LLaVA-1.5 backbone with a CLIP tower"
+            + (f"; {why}" if why else "")
         )
     return clip[i]
 

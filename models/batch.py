@@ -39,6 +39,8 @@ class Batch:
     ``layout``: the token types on the host (:class:`~.layout.Layout`), made from ``token_type``
     when the batch is built on the CPU and carried by :meth:`to`, so that the executor plans every
     layer without reading the device.
+    ``deepstack`` [D, B, N, h] (Qwen3-VL): the features the decoder adds to each visual token's
+    hidden state after layers 0..D-1, zero on every other row; None for other families.
     """
 
     embeds: torch.Tensor
@@ -50,6 +52,7 @@ class Batch:
     sample_ids: list[str]
     vision_features: list[torch.Tensor] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    deepstack: torch.Tensor | None = None
     # None (the default) is only a constructor argument: __post_init__ replaces it
     layout: Layout = None  # pyright: ignore[reportAssignmentType]
 
@@ -100,6 +103,7 @@ class Batch:
             sample_ids=[self.sample_ids[r] for r in rows],
             vision_features=feats,
             extras=extras,
+            deepstack=None if self.deepstack is None else self.deepstack[:, rows, sl],
             layout=Layout(self.layout.ttype[rows, sl]),
         )
 
@@ -172,7 +176,8 @@ def apply_reduction(batch: Batch, reduced: list, mode: str = "drop") -> Batch:
     Drop mode: the sequence shrinks to [system][k visual][text], left-padded again.  Mask mode: the
     full length stays; the k tokens fill the first visual slots and the freed slots become padding
     (masked everywhere).  1-D positions are renumbered 0..n-1 over the real tokens (docs/methods.md §2.3);
-    M-RoPE ids keep the original 3-D ids of each token's anchor (the spec's recorded deviation).
+    M-RoPE ids keep the original 3-D ids of each token's anchor (the spec's recorded deviation), and
+    so do DeepStack features (a merged token receives its anchor's, docs/methods.md §2.9).
     The new layout is worked out on the host from the old one and each reducer output's shape; the
     device only gathers and concatenates (no device value is read).
     """
@@ -196,7 +201,7 @@ def apply_reduction(batch: Batch, reduced: list, mode: str = "drop") -> Batch:
     tt = np.zeros((b, n), dtype=np.int64)
     vidx = np.full((b, n), -1, dtype=np.int64)
     pos1 = np.zeros((b, n), dtype=np.int64)
-    embeds, coords, pos3 = [], [], []
+    embeds, coords, pos3, stacks = [], [], [], []
     for i, ((f, vs, ve, e, k), red) in enumerate(zip(parts, reduced, strict=True)):
         start = n - lengths[i]
         nv = (ve - vs) if full else k
@@ -222,6 +227,13 @@ def apply_reduction(batch: Batch, reduced: list, mode: str = "drop") -> Batch:
             vis_p = [p.index_select(1, anchors)] if anchors is not None else []
             pz = p.new_zeros
             pos3.append(torch.cat([pz(P, start), p[:, f:vs], *vis_p, pz(P, gap), p[:, ve:e]], 1))
+        if batch.deepstack is not None:
+            ds = batch.deepstack[:, i]
+            vis_d = [ds.index_select(1, anchors)] if anchors is not None else []
+            dz = ds.new_zeros
+            stacks.append(
+                torch.cat([dz(ds.shape[0], start + vs - f, h), *vis_d, dz(ds.shape[0], gap + e - ve, h)], 1)
+            )
     next1 = (tt != int(TokenType.PAD)).sum(1)
     d_tt, d_vidx, d_pos1, d_next = upload([tt, vidx, pos1, next1], dev)
     positions = d_pos1[None] if P == 1 else torch.stack(pos3, 1)
@@ -230,4 +242,5 @@ def apply_reduction(batch: Batch, reduced: list, mode: str = "drop") -> Batch:
         next_position=d_next if P == 1 else batch.next_position, visual_index=d_vidx,
         visual_coords=torch.stack(coords), sample_ids=batch.sample_ids, vision_features=None,
         extras=dict(batch.extras, reduced=True), layout=Layout(tt.astype(np.int8)),
+        deepstack=torch.stack(stacks, 1) if stacks else None,
     )  # fmt: skip

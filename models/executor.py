@@ -70,6 +70,7 @@ class _Run:
         # grid coordinates and raw vision features, padded once per call
         self.coords: torch.Tensor | None = None
         self.features: torch.Tensor | None = None
+        self.deepstack: torch.Tensor | None = None  # the batch's DeepStack features, zero row N added
 
     def enter(self, work, key: int) -> None:
         if key == self.work_key:
@@ -145,7 +146,8 @@ class Executor:
 
     def compile(self, batch: Batch, plan: VisualPlan, cache_extra: int | None) -> Program:
         dev, dtype = batch.embeds.device, batch.embeds.dtype
-        key = (plan, batch.layout.key, dev, dtype, cache_extra, self.observer is not None)
+        stack = 0 if batch.deepstack is None else int(batch.deepstack.shape[0])
+        key = (plan, batch.layout.key, dev, dtype, cache_extra, self.observer is not None, stack)
         prog = self._programs.get(key)
         if prog is not None:
             self._programs.move_to_end(key)
@@ -156,6 +158,7 @@ class Executor:
             cache_extra=cache_extra, explicit_masks=self.observer is not None,
             prefer_split=cuda if self.prefer_split is None else self.prefer_split,
             lower_right_bias=cuda if self.lower_right_bias is None else self.lower_right_bias,
+            deepstack=stack,
         )  # fmt: skip
         prog = compile_plan(plan, batch.layout, opts, batch.layout.count(2), self.bb.position_dims)
         prog.plan = plan
@@ -220,8 +223,8 @@ class Executor:
         b, nq, nk = hq.shape[0], hq.shape[1], hk.shape[1]
         H, Hkv, d = bb.num_heads, bb.num_kv_heads, bb.head_dim
         cos_q, sin_q, cos_k, sin_k = self._rope(st, s, hn)
-        q = bb.rotate_rows(attn.q_proj(hq).view(b, nq, H, d), cos_q, sin_q).transpose(1, 2)
-        k = bb.rotate_rows(attn.k_proj(hk).view(b, nk, Hkv, d), cos_k, sin_k).transpose(1, 2)
+        q = bb.rotate_rows(bb.queries(attn, hq), cos_q, sin_q).transpose(1, 2)
+        k = bb.rotate_rows(bb.keys(attn, hk), cos_k, sin_k).transpose(1, 2)
         v = attn.v_proj(hk).view(b, nk, Hkv, d).transpose(1, 2)
         if self.observer is not None:
             assert s.observer_meta is not None  # compiled with explicit masks for an observer
@@ -243,6 +246,8 @@ class Executor:
         st.xw = xw
         if s.work.kind == "all":
             st.x = xw
+        if s.inject:
+            self._inject(st, s)
         if s.cache is None:
             return None
         c = s.cache
@@ -251,6 +256,20 @@ class Executor:
             kk, vv, c.extra, prefill_valid=c.prefill_valid, is_visual=c.is_visual_dev, next_pos=st.next_pos,
             readable=c.readable, visual=c.visual, geometry=(c.key, s.pos_version),
         )  # fmt: skip
+
+    def _inject(self, st: _Run, s: LayerStep) -> None:
+        """DeepStack (Qwen3-VL): layer i's feature added to every row that holds a visual token, by
+        the row's original slot; other rows (and dropped tokens, which have no row) get nothing
+        (docs/methods.md §2.9)."""
+        st.flush()
+        if st.deepstack is None:
+            ds = st.batch.deepstack
+            assert ds is not None  # compiled with DeepStack layers for this batch
+            st.deepstack = torch.cat([ds, ds.new_zeros(*ds.shape[:2], 1, ds.shape[-1])], 2)  # slot N: zero
+        feats = st.deepstack[s.index]  # [B, N + 1, h]
+        orig = st.orig.expand(feats.shape[0], -1)
+        st.x = st.x + torch.gather(feats, 1, orig[..., None].expand(-1, -1, feats.shape[-1])).to(st.x.dtype)
+        st.xw = st.x
 
     def _rope(self, st: _Run, s: LayerStep, hn: torch.Tensor):
         """cos/sin (sign-folded, ``Backbone.signed_sin``) of the norm rows, and of their query and key
@@ -400,12 +419,12 @@ class Executor:
         rows, last, alive, vis = s.before_scores
         hn = norm(bb.layers[s.index].input_layernorm, st.x)
         b, m, _ = hn.shape
-        H, Hkv, d = bb.num_heads, bb.num_kv_heads, bb.head_dim
+        H = bb.num_heads
         hq = last.take(hn)
         cq, sq = bb.rope(hq, last.take(st.pos, 2))
         ck, sk = bb.rope(hn, st.pos)
-        q = bb.rotate_rows(attn.q_proj(hq).view(b, 1, H, d), cq, bb.signed_sin(sq)).transpose(1, 2)
-        k = bb.rotate_rows(attn.k_proj(hn).view(b, m, Hkv, d), ck, bb.signed_sin(sk)).transpose(1, 2)
+        q = bb.rotate_rows(bb.queries(attn, hq), cq, bb.signed_sin(sq)).transpose(1, 2)
+        k = bb.rotate_rows(bb.keys(attn, hn), ck, bb.signed_sin(sk)).transpose(1, 2)
         logits = (q.float() @ expand_kv(k, H).float().transpose(-1, -2)) * attn.scaling
         logits = logits.masked_fill(~alive[:, None, None, :], float("-inf"))
         return vis.take(torch.softmax(logits, -1).mean(1)[:, 0])
@@ -502,8 +521,8 @@ class Executor:
                 cos, sin = bb.rope(hn, pos)
                 ropes[pkey] = (cos, bb.signed_sin(sin))
             cos, sin = ropes[pkey]
-            q = bb.rotate_rows(attn.q_proj(hn).view(b, 1, H, d), cos, sin).transpose(1, 2)
-            k = bb.rotate_rows(attn.k_proj(hn).view(b, 1, Hkv, d), cos, sin).transpose(1, 2)
+            q = bb.rotate_rows(bb.queries(attn, hn), cos, sin).transpose(1, 2)
+            k = bb.rotate_rows(bb.keys(attn, hn), cos, sin).transpose(1, 2)
             v = attn.v_proj(hn).view(b, 1, Hkv, d).transpose(1, 2)
             slot = geoms[lkv.geometry[0]][1]
             lkv.k.index_copy_(2, slot, k)

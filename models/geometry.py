@@ -13,6 +13,8 @@ Token-count conventions (docs/flops.md §1, docs/methods.md §2.1):
   (576 base + 48 rows x (48 + 1 newline)); see `hf_visual_tokens`.
   Qwen2-VL: dynamic; we fix a standard 448 x 448 image -> 32 x 32 patches of 14 px -> 2 x 2 merge ->
   256 tokens.
+  InternVL3 / InternVL3.5: 448 px tiles, 256 tokens each (32 x 32 patches, pixel shuffle 0.5); we fix
+  CDPruner's InternVL3 setting, an 896 x 896 image -> 2 x 2 tiles + the thumbnail = 1280 tokens.
 - ``s``: system-prefix tokens before the image (S). LLaVA ``vicuna_v1``: 35 (BOS + system prompt +
   ``USER: ``). Qwen2-VL default chat template: 15 (``<|im_start|>system ... <|im_start|>user\\n
   <|vision_start|>``; YOPO's hard-coded Qwen2-VL prefix).
@@ -26,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-Family = Literal["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl"]
+Family = Literal["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl"]
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,24 @@ QWEN2_5_VL_VIT = replace(
     QWEN2_VL_VIT, name="qwen2.5-vl-vit", mlp=3420, mlp_matrices=3, window=8, full_blocks=(7, 15, 23, 31)
 )
 
+# Qwen3-VL-8B-Instruct vision_config (the installed Qwen3VLVisionConfig defaults; the checkpoint's
+# values UNVERIFIED here): 27 blocks, hidden 1152, GELU MLP 4304, 16 heads, patch 16, temporal patch 2,
+# merge 2, full attention everywhere; DeepStack mergers on blocks 8/16/24 (in the projector)
+QWEN3_VL_VIT = VisionGeometry(
+    name="qwen3-vl-vit",
+    layers=27,
+    layers_needed=27,
+    width=1152,
+    mlp=4304,
+    heads=16,
+    patch=16,
+    image_size=448,
+    cls_token=False,
+    temporal_patch=2,
+    merge=2,
+    select_layer=-1,
+)
+
 # SigLIP-so400m-patch14-384 as LLaVA-OneVision ships it (llava-onevision-qwen2-7b-ov-hf vision_config:
 # 26 blocks, hidden 1152, intermediate 4304, 16 heads, patch 14, 384 px, no pooling head; all 729
 # tokens of a crop kept, feature layer -1), for a 768 x 768 image: the base crop + 2 x 2 tiles
@@ -168,6 +188,25 @@ SIGLIP_SO400M_384 = VisionGeometry(
     image_size=384,
     cls_token=False,
     crops=5,
+    select_layer=-1,
+)
+
+# InternViT-300M-448px as InternVL3-8B and InternVL3.5-8B ship it: the installed InternVLVisionConfig
+# defaults (24 layers, hidden 1024, 16 heads, MLP 4096, 448 px, patch 14, LayerNorm, a CLS token, no
+# qk-norm); feature layer -1 with the CLS dropped, pixel shuffle 0.5 (``merge`` 2: 2 x 2 patches -> one
+# token, 256 per tile) and LayerNorm(4096) + Linear + GELU + Linear to the LM width; 5 crops = the
+# 2 x 2 tiles + thumbnail of an 896 x 896 image (CDPruner's InternVL3 setting).
+INTERNVIT_300M = VisionGeometry(
+    name="internvit-300m-448px",
+    layers=24,
+    layers_needed=24,
+    width=1024,
+    mlp=4096,
+    heads=16,
+    patch=14,
+    image_size=448,
+    crops=5,
+    merge=2,
     select_layer=-1,
 )
 
@@ -285,6 +324,77 @@ PAPER_GEOMETRIES: dict[str, Geometry] = {
         family="qwen2_5_vl",
         vision=QWEN2_5_VL_VIT,
         source="Qwen/Qwen2.5-VL-7B-Instruct config.json; image 448x448",
+    ),
+    # Qwen3-VL-8B-Instruct: a Qwen3-8B decoder (36 layers, hidden 4096, intermediate 12288, 32 heads / 8 KV
+    # heads, explicit head_dim 128, per-head q/k RMSNorm, no biases, vocab 151936, rope_theta 5e6,
+    # interleaved M-RoPE [24, 20, 20], 262144 positions: UNVERIFIED, from memory) and the tower above; a
+    # 448 x 448 image -> 28 x 28 patches of 16 px -> 2 x 2 merge -> 196 tokens.  The projector is the
+    # merger plus the three DeepStack mergers, each 4608 -> 4608 -> 4096 over the 196 tokens.
+    "qwen3-vl-8b": replace(
+        _QWEN2_VL_7B,
+        name="qwen3-vl-8b",
+        family="qwen3_vl",
+        layers=36,
+        hidden=4096,
+        intermediate=12288,
+        heads=32,
+        kv_heads=8,
+        vocab=151936,
+        v=196,
+        vision=QWEN3_VL_VIT,
+        projector=((4608, 4608), (4608, 4096)) * 4,
+        projector_rows=196,
+        rope_theta=5_000_000.0,
+        max_positions=262144,
+        source="Qwen/Qwen3-VL-8B-Instruct (shapes UNVERIFIED here); image 448x448",
+        extra={**_QWEN2_VL_7B.extra, "deepstack_layers": (8, 16, 24)},
+    ),
+    # InternVL3-8B(-hf): InternViT-300M above and a Qwen2.5-7B decoder (28 layers, hidden 3584,
+    # intermediate 18944, 28 heads / 4 KV heads, head_dim 128, q/k/v biases, rope_theta 1e6); vocab 151674
+    # and max positions 32768 UNVERIFIED (the LM shapes are Qwen2.5-7B's from memory, not from installed
+    # defaults); image token id 151667 = the installed InternVLConfig default (its InternVL3-1B-hf
+    # checkpoint). s = 15: the Qwen chat template's system turn and user header, <img> counted as system
+    # (InternVL's own template has a longer default system message, UNVERIFIED). 896 x 896 -> 1280 tokens.
+    "internvl3-8b": (
+        _INTERNVL3_8B := Geometry(
+            name="internvl3-8b",
+            family="internvl",
+            layers=28,
+            hidden=3584,
+            intermediate=18944,
+            heads=28,
+            kv_heads=4,
+            head_dim=128,
+            vocab=151674,
+            v=5 * 256,
+            s=15,
+            vision=INTERNVIT_300M,
+            projector=((4096, 3584), (3584, 3584)),
+            projector_rows=5 * 256,
+            image_token_id=151667,
+            rope_theta=1_000_000.0,
+            max_positions=32768,
+            source="OpenGVLab/InternVL3-8B-hf (LM shapes UNVERIFIED here); image 896x896, 4 tiles + thumbnail",
+            extra={"text_model_type": "qwen2"},
+        )
+    ),
+    # InternVL3.5-8B(-HF): the same tower and a Qwen3-8B decoder (36 layers, hidden 4096, intermediate
+    # 12288, 32 heads / 8 KV heads, explicit head_dim 128, per-head q/k RMSNorm, no biases, rope_theta 1e6,
+    # vocab 151936, 40960 positions: all UNVERIFIED, from memory; Qwen3Config's installed defaults are not
+    # Qwen3-8B's apart from head_dim 128); the projector 4096 -> 4096 -> 4096; image token id UNVERIFIED.
+    "internvl3.5-8b": replace(
+        _INTERNVL3_8B,
+        name="internvl3.5-8b",
+        layers=36,
+        hidden=4096,
+        intermediate=12288,
+        heads=32,
+        kv_heads=8,
+        vocab=151936,
+        projector=((4096, 4096), (4096, 4096)),
+        max_positions=40960,
+        source="OpenGVLab/InternVL3_5-8B-HF (LM shapes UNVERIFIED here); image 896x896, 4 tiles + thumbnail",
+        extra={"text_model_type": "qwen3"},
     ),
 }
 
@@ -429,6 +539,29 @@ def hf_config(g: Geometry) -> Any:
             vision_start_token_id=g.extra["vision_start_token_id"],
             vision_end_token_id=g.extra["vision_end_token_id"],
         )  # fmt: skip
+    elif g.family == "qwen3_vl":
+        from transformers import Qwen3VLConfig
+
+        vg = g.vision
+        cfg = Qwen3VLConfig(
+            text_config=dict(
+                hidden_size=g.hidden, intermediate_size=g.intermediate, num_hidden_layers=g.layers,
+                num_attention_heads=g.heads, num_key_value_heads=g.kv_heads, head_dim=g.head_dim,
+                vocab_size=g.vocab, max_position_embeddings=g.max_positions,
+                rope_parameters={"rope_type": "default", "rope_theta": g.rope_theta, "mrope_section": [24, 20, 20],
+                                 "mrope_interleaved": True},
+            ),
+            vision_config=dict(
+                depth=vg.layers, hidden_size=vg.width, intermediate_size=vg.mlp, num_heads=vg.heads,
+                in_channels=vg.channels, patch_size=vg.patch, spatial_merge_size=vg.merge,
+                temporal_patch_size=vg.temporal_patch, out_hidden_size=g.hidden,
+                deepstack_visual_indexes=list(g.extra["deepstack_layers"]),
+            ),
+            image_token_id=g.image_token_id,
+            video_token_id=g.extra["video_token_id"],
+            vision_start_token_id=g.extra["vision_start_token_id"],
+            vision_end_token_id=g.extra["vision_end_token_id"],
+        )  # fmt: skip
     elif g.family == "llava_onevision":
         from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
 
@@ -446,6 +579,25 @@ def hf_config(g: Geometry) -> Any:
             ),
             image_token_index=g.image_token_id, vision_feature_layer=-1, vision_feature_select_strategy="full",
             vision_aspect_ratio="anyres_max_9",
+        )  # fmt: skip
+    elif g.family == "internvl":
+        from transformers import InternVLConfig
+
+        vg = g.vision
+        cfg = InternVLConfig(
+            vision_config=dict(
+                hidden_size=vg.width, intermediate_size=vg.mlp, num_hidden_layers=vg.layers,
+                num_attention_heads=vg.heads, image_size=vg.image_size, patch_size=vg.patch,
+            ),
+            text_config=dict(
+                model_type=g.extra["text_model_type"], hidden_size=g.hidden, intermediate_size=g.intermediate,
+                num_hidden_layers=g.layers, num_attention_heads=g.heads, num_key_value_heads=g.kv_heads,
+                head_dim=g.head_dim, vocab_size=g.vocab, max_position_embeddings=g.max_positions,
+                rope_parameters={"rope_type": "default", "rope_theta": g.rope_theta},
+            ),
+            image_token_id=g.image_token_id, image_seq_length=(vg.grid // vg.merge) ** 2,
+            downsample_ratio=1 / vg.merge, vision_feature_layer=vg.select_layer,
+            vision_feature_select_strategy="default", tie_word_embeddings=False,
         )  # fmt: skip
     else:  # pragma: no cover - Family is closed
         raise ValueError(g.family)

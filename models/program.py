@@ -39,6 +39,7 @@ class CompileOptions:
     explicit_masks: bool = False  # every layer gets its boolean mask (an observer reads it)
     prefer_split: bool = False  # two SDPA calls instead of a mask where a query prefix allows it
     lower_right_bias: bool = False  # bottom-right causal via torch's CausalBias (no mask tensor)
+    deepstack: int = 0  # layers after which the batch's DeepStack features are added (Qwen3-VL)
 
 
 @dataclass(eq=False)
@@ -121,6 +122,7 @@ class LayerStep:
     txt_in_k: RowSet | None = None
     observer_meta: tuple | None = None  # (q ttype, k ttype) for an observer
     pos_version: int = 0  # layers with equal values continue decoding from the same positions
+    inject: bool = False  # add the DeepStack features to the present visual rows after the layer
 
 
 @dataclass(eq=False)
@@ -234,6 +236,8 @@ class Compiler:
                 pos_version = version if sel.renumber else pos_version
             step = self._layer(lay, li, lp, version, pristine)
             step.pos_version = pos_version
+            if li < o.deepstack and bool((lay.ttype == VIS).any()):
+                step.inject, pristine = True, False  # docs/methods.md §2.9
             steps.append(step)
             stats.append(step.stats)
             if lp.visual_query or lp.visual_ffn != 0 or lp.kv_source == "projector":

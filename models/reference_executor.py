@@ -18,7 +18,7 @@ recycled token placed right after the kept ones (the selector's ``recycle``, Spa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -317,8 +317,8 @@ class ReferenceExecutor:
         b, nq, _ = hq.shape
         nk = hk.shape[1]
         H, Hkv, d = bb.num_heads, bb.num_kv_heads, bb.head_dim
-        q = attn.q_proj(hq).view(b, nq, H, d).transpose(1, 2)
-        k = attn.k_proj(hk).view(b, nk, Hkv, d).transpose(1, 2)
+        q = _heads(attn, "q", hq, nq, H, d).transpose(1, 2)
+        k = _heads(attn, "k", hk, nk, Hkv, d).transpose(1, 2)
         v = attn.v_proj(hk).view(b, nk, Hkv, d).transpose(1, 2)
         if g.rope is None:
             cos_q, sin_q = bb.rope(hq, q_meta["pos"])
@@ -377,11 +377,29 @@ class ReferenceExecutor:
             kv = LayerKV.from_prefill(k, v, tv, kvis, st.next_pos, cache_extra)
             if self.mode == "drop":
                 kv = _compact_kv(kv)  # a real per-layer cache holds only readable entries
+        if batch.deepstack is not None and li < batch.deepstack.shape[0]:
+            self._deepstack(st, batch, li)  # after the layer, before a selector that acts after it
         if lp.drop_after is not None:
             self._apply_selector(
                 st, li, lp, lp.drop_after, batch, when="after", scores=scores, keys=(k, k_meta)
             )
         return kv
+
+    def _deepstack(self, st: _State, batch: Batch, li: int) -> None:
+        """Qwen3-VL's DeepStack: add layer li's feature to every row holding a visual token, looked up
+        by the token's visual index (a merged token carries its anchor's); docs/methods.md §2.9."""
+        assert batch.deepstack is not None
+        feats = batch.deepstack[li]  # [B, N, h], by input slot
+        b, n, h = feats.shape
+        vmax = max(batch.visual_counts(), default=0)
+        slot_idx = torch.where(batch.visual_index >= 0, batch.visual_index, vmax)  # [B, N]
+        by_vidx = feats.new_zeros(b, vmax + 1, h)
+        by_vidx.scatter_add_(1, slot_idx[..., None].expand(-1, -1, h), feats)
+        by_vidx[:, vmax] = 0
+        is_vis = (st.ttype == VIS) & (st.vidx >= 0)
+        rows = torch.where(is_vis, st.vidx, vmax)  # [B, M]
+        add = torch.gather(by_vidx, 1, rows[..., None].expand(-1, -1, h))
+        st.x = st.x + add.to(st.x.dtype)
 
     def _geometry(self, st: _State, lp: LayerPlan) -> _Geometry:
         """Roles, gathered rows, metadata, attention mask and RoPE of a layer.  They depend only on
@@ -668,8 +686,8 @@ class ReferenceExecutor:
         bi = torch.arange(b, device=hn.device)
         hq = hn[bi, last][:, None]
         pos_q = st.pos[:, bi, last][..., None]
-        q = attn.q_proj(hq).view(b, 1, H, d).transpose(1, 2)
-        k = attn.k_proj(hn).view(b, m, Hkv, d).transpose(1, 2)
+        q = _heads(attn, "q", hq, 1, H, d).transpose(1, 2)
+        k = _heads(attn, "k", hn, m, Hkv, d).transpose(1, 2)
         cq, sq = bb.rope(hq, pos_q)
         ck, sk = bb.rope(hn, st.pos[:, :, :-1])
         q, k = bb.rotate(q, cq, sq), bb.rotate(k, ck, sk)
@@ -747,8 +765,8 @@ class ReferenceExecutor:
         for layer, lkv, lp in zip(bb.layers, cache.layers, plan.layers, strict=True):
             attn = layer.self_attn
             hn = layer.input_layernorm(x)
-            q = attn.q_proj(hn).view(b, 1, H, d).transpose(1, 2)
-            k = attn.k_proj(hn).view(b, 1, Hkv, d).transpose(1, 2)
+            q = _heads(attn, "q", hn, 1, H, d).transpose(1, 2)
+            k = _heads(attn, "k", hn, 1, Hkv, d).transpose(1, 2)
             v = attn.v_proj(hn).view(b, 1, Hkv, d).transpose(1, 2)
             pos = (lkv.next_pos + step)[None, :, None].expand(bb.position_dims, -1, -1)
             cos, sin = bb.rope(hn, pos)
@@ -830,3 +848,11 @@ def _rows_lookup(values: torch.Tensor, key_rows: torch.Tensor, rows: torch.Tenso
     if bool((found < 0).any()):
         raise PlanError("a selector asked for keys of tokens that are not keys in this layer")
     return values[found]
+
+
+def _heads(attn: Any, which: str, x: torch.Tensor, n: int, heads: int, d: int) -> torch.Tensor:
+    """q or k of rows x as [b, n, heads, d]: the projection, then the decoder's per-head RMSNorm
+    (``q_norm`` / ``k_norm``, Qwen3 decoders) when the layer has one, before RoPE as in HF."""
+    out = getattr(attn, f"{which}_proj")(x).view(x.shape[0], n, heads, d)
+    norm = getattr(attn, f"{which}_norm", None)
+    return norm(out) if norm is not None else out

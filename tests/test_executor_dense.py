@@ -22,7 +22,10 @@ def test_dense_logits_and_greedy_match_hf(random_backbones, family):
     assert rep.ok
 
 
-@pytest.mark.parametrize("family", ["llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl"])
+@pytest.mark.parametrize(
+    "family",
+    ["llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "internvl3", "internvl3.5"],
+)
 def test_visual_counts_differ_per_sample(random_backbones, family):
     bb = random_backbones[family]
     batch = bb.encode(collate(bb, ragged_samples(bb, 4)))

@@ -53,7 +53,19 @@ def hand_made_plans(n_layers: int) -> dict[str, VisualPlan]:
     }
 
 
-@pytest.mark.parametrize("family", ["llava-1.5", "llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl"])
+@pytest.mark.parametrize(
+    "family",
+    [
+        "llava-1.5",
+        "llava-next",
+        "llava-onevision",
+        "qwen2-vl",
+        "qwen2.5-vl",
+        "qwen3-vl",
+        "internvl3",
+        "internvl3.5",
+    ],
+)
 @pytest.mark.parametrize("plan_name", list(hand_made_plans(4)))
 def test_drop_equals_mask(random_backbones, family, plan_name):
     bb = random_backbones[family]

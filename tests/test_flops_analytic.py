@@ -320,7 +320,17 @@ def test_paper_table_reproduces_published():
 
 
 @pytest.mark.parametrize(
-    "name", ["llava-1.5-7b", "qwen2-vl-7b", "llava-next-7b", "qwen2.5-vl-7b", "llava-onevision-7b"]
+    "name",
+    [
+        "llava-1.5-7b",
+        "qwen2-vl-7b",
+        "llava-next-7b",
+        "qwen2.5-vl-7b",
+        "qwen3-vl-8b",
+        "llava-onevision-7b",
+        "internvl3-8b",
+        "internvl3.5-8b",
+    ],
 )
 def test_fake_tensor_cross_check(name):
     import torch

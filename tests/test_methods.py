@@ -37,7 +37,10 @@ def test_at_least_ten_methods_registered():
     } <= set(METHODS)
 
 
-@pytest.mark.parametrize("family", ["llava-1.5", "llava-onevision", "qwen2-vl", "qwen2.5-vl"])
+@pytest.mark.parametrize(
+    "family",
+    ["llava-1.5", "llava-onevision", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "internvl3", "internvl3.5"],
+)
 @pytest.mark.parametrize("name", METHODS)
 def test_drop_equals_mask_and_batched_equals_batch1(random_backbones, family, name):
     bb = random_backbones[family]

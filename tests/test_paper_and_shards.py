@@ -22,7 +22,7 @@ def test_paper_plan_lists_every_cell_with_reasons():
     lines = out.stdout.splitlines()
     summary = lines[-1]
     n = int(summary.split(" cells")[0])
-    body = [ln for ln in lines if ln[:5].strip().isdigit()]
+    body = [ln for ln in lines[:-1] if ln[:5].strip().isdigit()]  # the summary is the last line
     assert len(body) == n > 300
     skipped = [ln for ln in body if " skipped " in ln]
     assert skipped and all("not on this machine" in ln or "GPU" in ln or "dataset" in ln for ln in skipped)
@@ -52,7 +52,7 @@ def test_gpu_latency_plan_on_a_cpu_machine_estimates_gpu_minutes():
     } == {c.method.name for c in cells}
     out = _cli("run", "--suite", "gpu_latency", "--plan")
     assert out.returncode == 0, out.stderr
-    body = [ln for ln in out.stdout.splitlines() if ln[:5].strip().isdigit()]
+    body = [ln for ln in out.stdout.splitlines()[:-1] if ln[:5].strip().isdigit()]
     assert len(body) == len(cells) and all(" skipped " in ln and "GPU" in ln for ln in body)
     minutes = [float(ln.split()[-1]) for ln in body]
     assert all(m >= 1 for m in minutes)  # a fixed setup plus the timed calls

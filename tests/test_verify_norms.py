@@ -20,7 +20,19 @@ def _norm_weights(bb):
     ]
 
 
-@pytest.mark.parametrize("family", ["llava-1.5", "llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl"])
+@pytest.mark.parametrize(
+    "family",
+    [
+        "llava-1.5",
+        "llava-next",
+        "llava-onevision",
+        "qwen2-vl",
+        "qwen2.5-vl",
+        "qwen3-vl",
+        "internvl3",
+        "internvl3.5",
+    ],
+)
 def test_random_models_draw_norm_weights(random_backbones, family):
     weights = _norm_weights(random_backbones[family])
     assert weights

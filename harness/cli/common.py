@@ -18,6 +18,9 @@ RANDOM_FAMILIES = [
     "llava-onevision",
     "qwen2-vl",
     "qwen2.5-vl",
+    "qwen3-vl",
+    "internvl3",
+    "internvl3.5",
 ]  # models/backbones/random.py (no torch here)
 
 

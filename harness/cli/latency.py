@@ -14,7 +14,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     lt.add_argument("model", nargs="?", help="local checkpoint directory (real suite samples)")
     lt.add_argument(
         "--geometry",
-        help="synthetic token geometry with random weights: llava-1.5, llava-next, llava-onevision, qwen2-vl, qwen2.5-vl",
+        help="synthetic token geometry with random weights: llava-1.5, llava-next, llava-onevision, qwen2-vl, "
+        "qwen2.5-vl, qwen3-vl, internvl3, internvl3.5",
     )
     lt.add_argument("--random", choices=RANDOM_FAMILIES, help="small random-init model")
     lt.add_argument("--method", default="dense", help="method stack (default dense)")

@@ -130,6 +130,7 @@ CONVENTION_EXCLUDED = frozenset(
         "reshape",
         "view",
         "flatten",
+        "unflatten",
         "transpose",
         "permute",
         # indexing and data movement of the compiled executor and the reducers
@@ -333,8 +334,22 @@ def geometry_of(bb: Backbone, batch: Batch) -> Geometry:
             (proj.linear_2.in_features, proj.linear_2.out_features),
         )
         rows = 0 if hasattr(bb, "projectors") else n_img * vision.patches  # SAISA: no global projector
+    elif bb.family == "internvl":  # InternViT per tile (CLS kept inside), pixel shuffle, LN + MLP projector
+        tiles = max(1, run // max(1, _clip_layers_needed(bb)))
+        merge = round(1 / cfg.downsample_ratio)
+        vision = VisionGeometry(
+            name=vc.model_type, layers=vc.num_hidden_layers, layers_needed=_clip_layers_needed(bb),
+            width=vc.hidden_size, mlp=vc.intermediate_size, heads=vc.num_attention_heads, patch=vc.patch_size[0],
+            image_size=vc.image_size[0], crops=tiles, merge=merge, select_layer=cfg.vision_feature_layer,
+        )  # fmt: skip
+        proj = bb.model.model.multi_modal_projector
+        projector = (
+            (proj.linear_1.in_features, proj.linear_1.out_features),
+            (proj.linear_2.in_features, proj.linear_2.out_features),
+        )
+        rows = tiles * vision.patches // merge**2
     else:
-        raise NotImplementedError("the analytic vision/projector lines cover the LLaVA families")
+        raise NotImplementedError("the analytic vision/projector lines cover the LLaVA and InternVL families")
     tc = bb.text_config
     return Geometry(
         name=bb.source or bb.family, family=bb.family, layers=bb.num_layers, hidden=bb.hidden_size,

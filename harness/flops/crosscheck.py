@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -70,7 +71,9 @@ def fake_count_dense(
         h_px, w_px = g.extra.get("hf_image_size", (672, 672))
         kwargs["pixel_values"] = torch.zeros(1, vg.crops, vg.channels, vg.image_size, vg.image_size)
         kwargs["image_sizes"] = torch.tensor([[h_px, w_px]])
-    else:  # qwen2_vl, qwen2_5_vl
+    elif g.family == "internvl":  # the tiles, flat (4 + thumbnail for the 896 x 896 image)
+        kwargs["pixel_values"] = torch.zeros(vg.crops, vg.channels, vg.image_size, vg.image_size)
+    else:  # qwen2_vl, qwen2_5_vl, qwen3_vl
         side = vg.image_size // vg.patch
         ids[0, g.s - 1] = g.extra["vision_start_token_id"]
         ids[0, g.s + v] = g.extra["vision_end_token_id"]
@@ -81,8 +84,13 @@ def fake_count_dense(
 
     mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
     counter = FlopCounterMode(display=False, depth=None, custom_mapping=mapping)
+    root = ".model"
     with counter, torch.no_grad():
-        model(**kwargs)
+        if g.family == "qwen3_vl":
+            _run_in_parts(model, kwargs)
+            root = ""
+        else:
+            model(**kwargs)
     done = time.perf_counter()
 
     per_module = {k: sum(c.values()) for k, c in counter.get_flop_counts().items()}
@@ -91,12 +99,18 @@ def fake_count_dense(
         hits = [val for key, val in per_module.items() if key.endswith(suffix)]
         return hits[0] if hits else 0
 
-    if g.family in ("qwen2_vl", "qwen2_5_vl"):
-        projector = module(".model.visual.merger")
-        vision = module(".model.visual") - projector
+    if g.family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+        # the patch merger (and Qwen3-VL's DeepStack mergers) count as the projector
+        visual = f"{root}.visual" if root else "Qwen3VLVisionModel"
+        deepstack = [
+            v for k, v in per_module.items() if re.fullmatch(rf".*{visual}\.deepstack_merger_list\.\d+", k)
+        ]
+        projector = module(f"{visual}.merger") + sum(deepstack)
+        vision = module(visual) - projector
     else:
         projector = module(".model.multi_modal_projector")
         vision = module(".model.vision_tower")
+    decoder = module(f"{root}.language_model") if root else module("Qwen3VLTextModel")
     return {
         "unit": "FLOPs",
         "geometry": g.name,
@@ -104,12 +118,30 @@ def fake_count_dense(
         "visual_tokens": v,
         "vision_tower": vision,
         "projector": projector,
-        "decoder": module(".model.language_model"),
-        "lm_head": module(".lm_head"),
+        "decoder": decoder,
+        "lm_head": module(".lm_head") if root else module("Linear"),
         "total": per_module.get("Global", 0),
         "build_s": built - start,
         "count_s": done - built,
     }
+
+
+def _run_in_parts(model: Any, kwargs: dict[str, Any]) -> None:
+    """Qwen3-VL's forward, part by part, for the counter: its DeepStack step indexes the hidden states
+    with a mask made from the (fake) embeddings, which FakeTensorMode cannot size.  So the tower (with
+    its DeepStack mergers), the text model on the prompt's embeddings at the model's own M-RoPE ids,
+    and the head on the kept rows run one after the other; what is left out is the injection itself,
+    additions that FlopCounterMode counts as zero in any case."""
+    inner = model.model
+    ids, grid = kwargs["input_ids"], kwargs["image_grid_thw"]
+    inner.visual(kwargs["pixel_values"], grid_thw=grid)
+    positions, _ = inner.get_rope_index(
+        ids, mm_token_type_ids=kwargs["mm_token_type_ids"], image_grid_thw=grid
+    )
+    embeds = inner.get_input_embeddings()(ids)
+    hidden = inner.language_model(inputs_embeds=embeds, position_ids=positions).last_hidden_state
+    keep = kwargs["logits_to_keep"]
+    model.lm_head(hidden[:, -keep:] if keep else hidden)
 
 
 def _hf_model_class(g: Geometry) -> Any:
@@ -119,8 +151,12 @@ def _hf_model_class(g: Geometry) -> Any:
         from transformers import LlavaNextForConditionalGeneration as cls
     elif g.family == "llava_onevision":
         from transformers import LlavaOnevisionForConditionalGeneration as cls
+    elif g.family == "internvl":
+        from transformers import InternVLForConditionalGeneration as cls
     elif g.family == "qwen2_vl":
         from transformers import Qwen2VLForConditionalGeneration as cls
+    elif g.family == "qwen3_vl":
+        from transformers import Qwen3VLForConditionalGeneration as cls
     else:
         from transformers import Qwen2_5_VLForConditionalGeneration as cls
     return cls

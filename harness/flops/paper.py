@@ -78,7 +78,10 @@ PAPER_BACKBONES = (
     "mobilellama-2.7b",
     "qwen2-vl-7b",
     "qwen2.5-vl-7b",
+    "qwen3-vl-8b",
     "llava-onevision-7b",
+    "internvl3-8b",
+    "internvl3.5-8b",
 )
 
 # Published values (TFLOPs) that the analytic model must reproduce (docs/flops.md §3; LLaVA-1.5-7B only).
@@ -91,9 +94,11 @@ _PUBLISHED: dict[tuple[str, str], tuple[dict[str, float], str]] = {
     ("llava-1.5-7b", "64 tokens"): ({"tflops_visual_vica": 0.83}, "ViCA Table 1"),
     ("llava-1.5-7b", "32 tokens"): ({"tflops_visual_vica": 0.42}, "ViCA Table 1"),
 }
-#: visual tokens a generic pre-LLM reduction keeps, per family
+#: visual tokens a generic pre-LLM reduction keeps, per family (InternVL: 1280 at 896 x 896, reduced
+#: by 80 / 90 / 95%)
 _PRUNE_TOKENS = {
-    "llava": (192, 128, 64, 32), "llava_next": (640, 320, 160), "qwen2_vl": (128, 64), "qwen2_5_vl": (128, 64),
+    "llava": (192, 128, 64, 32), "llava_next": (640, 320, 160), "qwen2_vl": (128, 64), "qwen2_5_vl": (128, 64), "qwen3_vl": (128, 64),
+    "internvl": (256, 128, 64),
 }  # fmt: skip
 
 

@@ -77,6 +77,8 @@ class Backbone:
         self.num_heads = self.text_config.num_attention_heads
         self.num_kv_heads = getattr(self.text_config, "num_key_value_heads", None) or self.num_heads
         self.head_dim = attn0.q_proj.out_features // self.num_heads
+        # Qwen3-style decoders (InternVL3.5, Qwen3-VL) RMS-normalise each head's q and k before RoPE
+        self.qk_norm = hasattr(attn0, "q_norm") and hasattr(attn0, "k_norm")
         self.hidden_size = self.text_config.hidden_size
         self.intermediate_size = self.text_config.intermediate_size
 
@@ -120,6 +122,17 @@ class Backbone:
         for m, name, buf in kept:
             setattr(m, name, buf.to(device=device))
         return self
+
+    def queries(self, attn: Any, x: torch.Tensor) -> torch.Tensor:
+        """Layer ``attn``'s queries of rows x [B, N, h] as heads [B, N, H, d], before RoPE: ``q_proj``,
+        then the per-head ``q_norm`` where the decoder has one."""
+        q = attn.q_proj(x).unflatten(-1, (-1, self.head_dim))
+        return attn.q_norm(q) if self.qk_norm else q
+
+    def keys(self, attn: Any, x: torch.Tensor) -> torch.Tensor:
+        """Layer ``attn``'s keys [B, N, Hkv, d] before RoPE (``k_proj``, then ``k_norm`` if any)."""
+        k = attn.k_proj(x).unflatten(-1, (-1, self.head_dim))
+        return attn.k_norm(k) if self.qk_norm else k
 
     def rope(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [B, N, d] for positions [P, B, N] (the family's own rotary module)."""

@@ -45,7 +45,11 @@ class Qwen2VLBackbone(Backbone):
             coords.append(torch.stack([j // (hh * ww), (j // ww) % hh, j % ww], 1))
         depth = len(visual.blocks)
         return VisionOutput(features=feats, embeds=embeds, coords=coords, vision_layers_run=depth,
-                            vision_layers_total=depth)  # fmt: skip
+                            vision_layers_total=depth, extras=self.vision_extras(out, sizes))  # fmt: skip
+
+    def vision_extras(self, out: Any, sizes: list[int]) -> dict[str, Any]:
+        """What the tower's output holds beyond the merged tokens and raw features (none here)."""
+        return {}
 
     def raster_order(self, merged_raw: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """The tower's raw features per merged token, in the order of the image tokens (raster)."""
@@ -69,7 +73,7 @@ class Qwen2VLBackbone(Backbone):
         ttype = token_types_from_ids(input_ids, attention_mask, self.image_token_id)
         embeds = self.embed_tokens(input_ids)
         coords = torch.full((*input_ids.shape, 3), -1, dtype=torch.long)
-        feats = None
+        feats, deepstack = None, None
         if kw.get("pixel_values") is not None:
             vision = self.vision(kw)
             img_rows = [r for r in range(b) if bool((input_ids[r] == self.image_token_id).any())]
@@ -91,6 +95,9 @@ class Qwen2VLBackbone(Backbone):
                 coords[row, slots] = flat_crd[start : start + n]
                 feats[row] = flat_feat[start : start + n]
                 start += n
+            deepstack = _deepstack_batch(
+                vision.extras.get("deepstack"), input_ids, img_rows, self.image_token_id, embeds
+            )
             positions, _ = self.model.model.get_rope_index(
                 input_ids,
                 mm_token_type_ids=kw["mm_token_type_ids"],
@@ -111,6 +118,7 @@ class Qwen2VLBackbone(Backbone):
             visual_coords=coords,
             sample_ids=sample_ids or [str(i) for i in range(b)],
             vision_features=feats,
+            deepstack=deepstack,
         )
 
     def _reset_hf_state(self) -> None:
@@ -123,3 +131,24 @@ class Qwen2VLBackbone(Backbone):
             "pixel_values": torch.cat([s["pixel_values"] for s in samples]),
             "image_grid_thw": torch.cat([s["image_grid_thw"] for s in samples]),
         }
+
+
+def _deepstack_batch(
+    per_layer: list[torch.Tensor] | None,
+    input_ids: torch.Tensor,
+    img_rows: list[int],
+    image_token: int,
+    embeds: torch.Tensor,
+) -> torch.Tensor | None:
+    """The towers's DeepStack features (per decoder layer, one row per image token of the batch in
+    prompt order) laid out on the batch's slots [D, B, N, h], zero on rows that are not image tokens."""
+    if not per_layer:
+        return None
+    flat = torch.stack(per_layer).to(embeds.dtype)  # [D, n_image_tokens, h]
+    out = embeds.new_zeros(flat.shape[0], *embeds.shape)
+    start = 0
+    for row in img_rows:
+        slots = (input_ids[row] == image_token).nonzero().flatten()
+        out[:, row, slots] = flat[:, start : start + slots.numel()]
+        start += slots.numel()
+    return out

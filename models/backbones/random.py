@@ -23,9 +23,14 @@ RANDOM_FAMILIES = {
     "llava-onevision": "llava_onevision",
     "qwen2-vl": "qwen2_vl",
     "qwen2.5-vl": "qwen2_5_vl",
+    "qwen3-vl": "qwen3_vl",
+    "internvl3": "internvl",
+    "internvl3.5": "internvl",
 }
 VOCAB = 512
 IMAGE_TOKEN = VOCAB - 1
+#: InternVL's ``<img>`` / ``</img>`` around each image's tokens (its config has no field for them)
+IMG_START, IMG_END = IMAGE_TOKEN - 2, IMAGE_TOKEN - 3
 
 _M = TypeVar("_M", bound=torch.nn.Module)
 
@@ -74,6 +79,15 @@ def _qwen2_text(layers: int) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def _internvl_text(family: str, layers: int) -> dict[str, Any]:
+    """InternVL3's decoder (Qwen2: GQA, q/k/v biases) or InternVL3.5's (Qwen3: per-head q/k RMSNorm,
+    no biases, an explicit head_dim, here 32, unlike hidden / heads = 16), both with plain 1-D RoPE."""
+    text = {**_qwen2_text(layers), "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}
+    if family == "internvl3":
+        return {**text, "model_type": "qwen2"}
+    return {**text, "model_type": "qwen3", "head_dim": 32, "attention_bias": False}
+
+
 def build_random(family: str, seed: int = 0, layers: int = 4, image_size: int = 84) -> Backbone:
     """A random-init backbone of the given family (``llava-1.5``, ``llava-next``, ``qwen2-vl``),
     norm weights and biases drawn at random too (``randomize_norms``).  ``image_size`` sets
@@ -113,6 +127,37 @@ def build_random(family: str, seed: int = 0, layers: int = 4, image_size: int = 
             vision_aspect_ratio="anyres_max_9",
         )  # fmt: skip
         model = transformers.LlavaOnevisionForConditionalGeneration(cfg)
+    elif kind == "qwen3_vl":
+        # a Qwen3 decoder (explicit head_dim, per-head q/k norms, interleaved M-RoPE) and a tower of
+        # 16 px patches whose blocks 0-2 feed DeepStack mergers: their features enter the decoder
+        # after layers 0, 1 and 2, as in the released models (blocks 8, 16, 24)
+        cfg = transformers.Qwen3VLConfig(
+            text_config={**_qwen2_text(layers), "head_dim": 16, "attention_bias": False},
+            vision_config=dict(
+                depth=4, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
+                spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=64,
+                deepstack_visual_indexes=[0, 1, 2],
+            ),
+            image_token_id=IMAGE_TOKEN, video_token_id=IMAGE_TOKEN - 1,
+            vision_start_token_id=IMAGE_TOKEN - 2, vision_end_token_id=IMAGE_TOKEN - 3,
+        )  # fmt: skip
+        model = transformers.Qwen3VLForConditionalGeneration(cfg)
+    elif kind == "internvl":
+        # InternViT on 112 px tiles (8 x 8 patches + CLS), pixel shuffle 0.5: 4 x 4 = 16 tokens per tile
+        cfg = transformers.InternVLConfig(
+            vision_config=dict(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=112,
+                patch_size=14,
+            ),
+            text_config=_internvl_text(family, layers), image_token_id=IMAGE_TOKEN, image_seq_length=16,
+            downsample_ratio=0.5, vision_feature_layer=-1, vision_feature_select_strategy="default",
+            tie_word_embeddings=False,
+        )  # fmt: skip
+        model = transformers.InternVLForConditionalGeneration(cfg)
+        with torch.no_grad():  # HF starts the CLS token and position embeddings at zero
+            emb = model.model.vision_tower.embeddings
+            emb.cls_token.normal_(0.0, 0.5)
+            emb.position_embeddings.normal_(0.0, 0.5)
     elif kind == "qwen2_5_vl":
         # a 56 px window (2 x 2 merged tokens) and full attention in blocks 1 and 3 of 4, so images of
         # several windows exercise the tower's window order
@@ -156,10 +201,22 @@ def _image_processor(bb: Backbone):
         return LlavaOnevisionImageProcessorPil(
             size={"height": 84, "width": 84}, image_grid_pinpoints=bb.config.image_grid_pinpoints
         )
+    if bb.family == "internvl":  # square tiles on the closest aspect grid of 1-4 tiles, thumbnail last
+        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+        side = bb.config.vision_config.image_size[0]
+        return GotOcr2ImageProcessorPil(
+            size={"height": side, "width": side}, crop_to_patches=True, min_patches=1, max_patches=4
+        )
     if bb.family == "llava_next":
         return LlavaNextImageProcessorPil(
             size={"shortest_edge": 84}, crop_size={"height": 84, "width": 84},
             image_grid_pinpoints=bb.config.image_grid_pinpoints,
+        )  # fmt: skip
+    if bb.family == "qwen3_vl":  # 16 px patches, one token per 32 x 32 px
+        return Qwen2VLImageProcessorPil(
+            size={"shortest_edge": 64 * 64, "longest_edge": 32 * 32 * 16},
+            patch_size=16, merge_size=2, temporal_patch_size=2,
         )  # fmt: skip
     if bb.family in ("qwen2_vl", "qwen2_5_vl"):
         return Qwen2VLImageProcessorPil(
@@ -189,12 +246,17 @@ def random_sample_inputs(
         out = proc(images=[random_image(rng, image_size)], return_tensors="pt")
         if bb.family in ("llava_next", "llava_onevision"):
             inputs = {"pixel_values": out["pixel_values"], "image_sizes": out["image_sizes"]}
+        elif bb.family == "internvl":  # the tiles, flat: the model gets no per-image count
+            inputs = {"pixel_values": out["pixel_values"]}
         else:
             inputs = {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
     n_img = sum(e.shape[0] for e in bb.vision(inputs).embeds)
     sys_ids = rng.integers(4, VOCAB - 8, size=5)
     txt_ids = rng.integers(4, VOCAB - 8, size=text_len)
-    ids = np.concatenate([[1], sys_ids, np.full(n_img, IMAGE_TOKEN), txt_ids])
+    image = np.full(n_img, IMAGE_TOKEN)
+    if bb.family == "internvl":  # <img> [image tokens] </img>
+        image = np.concatenate([[IMG_START], image, [IMG_END]])
+    ids = np.concatenate([[1], sys_ids, image, txt_ids])
     inputs["input_ids"] = torch.from_numpy(ids).long()[None]
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
     return inputs

@@ -1,9 +1,11 @@
 """Synthetic backbones for timing: random weights at a published backbone's token layout.
 
-``synthetic_backbone`` builds a random-init Llama decoder in the LLaVA wrapper at a chosen width
-and depth; ``synthetic_batch`` gives it ``[system][visual][text]`` inputs with random embeddings at
-the token counts of one published backbone (``SYNTHETIC_TOKEN_LAYOUTS``, read from the paper
-geometries in ``models/geometry.py``).  Records made with them say ``weights: random-init``.
+``synthetic_backbone`` builds a random-init Llama decoder (InternVL3.5 and Qwen3-VL: Qwen3, with its
+per-head q/k norms) in the LLaVA wrapper at a chosen width and depth; ``synthetic_batch`` gives it
+``[system][visual][text]`` inputs with random embeddings at the token counts of one published
+backbone (``SYNTHETIC_TOKEN_LAYOUTS``, read from the paper geometries in ``models/geometry.py``;
+Qwen3-VL's batches also carry DeepStack features).  Records made with them say
+``weights: random-init``.
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ SYNTHETIC_TOKEN_LAYOUTS: dict[str, dict[str, int]] = {
         ("llava-next", "llava-next-7b"),
         ("qwen2-vl", "qwen2-vl-7b"),
         ("qwen2.5-vl", "qwen2.5-vl-7b"),
+        ("qwen3-vl", "qwen3-vl-8b"),
         ("llava-onevision", "llava-onevision-7b"),
+        ("internvl3", "internvl3-8b"),
+        ("internvl3.5", "internvl3.5-8b"),
     )
 }
 
@@ -58,7 +63,7 @@ def synthetic_backbone(
         raise ValueError(f"unknown geometry '{geometry}': use one of {', '.join(SYNTHETIC_TOKEN_LAYOUTS)}")
     torch.manual_seed(seed)
     ffn = ffn or int(round(hidden * 11008 / 4096 / 64)) * 64
-    gqa = geometry in ("qwen2-vl", "qwen2.5-vl", "llava-onevision")
+    gqa = geometry in ("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "llava-onevision", "internvl3", "internvl3.5")
     kv_heads = kv_heads or (max(1, heads // 4) if gqa else heads)  # the Qwen2 decoders are GQA
     if geometry == "llava-1.5":
         # CLIP ViT-L/14-336 width and patch grid (24 x 24), two layers: the feature layer (-2) and the
@@ -69,13 +74,15 @@ def synthetic_backbone(
     else:
         vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                       num_attention_heads=2, image_size=28, patch_size=14)  # fmt: skip
-    cfg = transformers.LlavaConfig(
-        vision_config=vision,
-        text_config=dict(model_type="llama", hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
-                         max_position_embeddings=8192),
-        image_token_index=vocab - 1,
-    )  # fmt: skip
+    text = dict(model_type="llama", hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
+                max_position_embeddings=8192)  # fmt: skip
+    if geometry in (
+        "internvl3.5",
+        "qwen3-vl",
+    ):  # a Qwen3 decoder: per-head q/k RMSNorm before RoPE, no biases
+        text.update(model_type="qwen3", head_dim=hidden // heads)
+    cfg = transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_index=vocab - 1)
     model = randomize_norms(transformers.LlavaForConditionalGeneration(cfg).float().eval())
     model.config._attn_implementation = "sdpa"
     bb = wrap(model, source=f"synthetic:{geometry}:L{layers}h{hidden}", weights="random-init")
@@ -115,9 +122,14 @@ def synthetic_batch(bb: Backbone, geometry: str, batch_size: int, seed: int = 0)
     coords = torch.full((batch_size, n, 3), -1)
     j = torch.arange(v)
     coords[:, s : s + v] = torch.stack([j // (grid * grid), (j // grid) % grid, j % grid], 1)
+    deepstack = None
+    if geometry == "qwen3-vl":  # Qwen3-VL's DeepStack features, added to the visual rows after layers 0-2
+        deepstack = torch.zeros(3, batch_size, n, bb.hidden_size)
+        deepstack[:, :, s : s + v] = torch.randn(3, batch_size, v, bb.hidden_size, generator=gen) * 0.1
     batch = Batch(
         embeds=embeds, token_type=tt, positions=torch.arange(n).expand(1, batch_size, n).clone(),
         next_position=torch.full((batch_size,), n), visual_index=vidx, visual_coords=coords,
         sample_ids=[f"synthetic-{i}" for i in range(batch_size)], extras=extras, vision_features=feats,
+        deepstack=deepstack,
     )  # fmt: skip
     return batch.to(bb.device, bb.dtype)
