@@ -62,6 +62,21 @@ class Method(BaseModel):
     #: the official code its rule follows: repository, commit, file and the function or rule
     #: (``harness methods --json``); ``repository`` says "seebench" for the project's own rules
     reference: ClassVar[dict[str, str] | None] = None
+    #: what the method does to Qwen3-VL's DeepStack features when its stage's default
+    #: (:meth:`deepstack_effect`) does not say it (docs/methods.md §2.9)
+    deepstack: ClassVar[str | None] = None
+
+    @classmethod
+    def deepstack_effect(cls) -> str:
+        """What happens to Qwen3-VL's DeepStack features under this method (``harness methods``)."""
+        if cls.deepstack:
+            return cls.deepstack
+        return {
+            "pre-llm": "a kept or merged token receives its anchor's DeepStack features after layers 0-2",
+            "in-llm": "a token dropped before or at a DeepStack layer receives nothing from it on; kept "
+            "tokens receive theirs",
+            "structural": "every visual token receives its DeepStack features after layers 0-2, as in HF",
+        }.get(cls.stage, "as in HF")
 
     def __init__(self, **knobs: Any) -> None:
         try:

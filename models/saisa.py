@@ -95,6 +95,9 @@ class SAISA(Method):
     description: ClassVar[str] = (
         "per-layer projectors of raw vision features; visual tokens K/V-only, no FFN (needs SAISA weights)"
     )
+    deepstack: ClassVar[str | None] = (
+        "SAISA's visual K/V come from its projectors of the raw features (kv_source 'projector'), so DeepStack features never reach them"
+    )
     reference: ClassVar[dict[str, str]] = {
         "repository": "icip-cas/SAISA",
         "commit": "53a3670",

@@ -37,6 +37,9 @@ class ViCA(Method):
     description: ClassVar[str] = (
         "visual tokens never updated; text reads them only in T2V layers (needs ViCA weights)"
     )
+    deepstack: ClassVar[str | None] = (
+        "ViCA's visual states are the layer-0 input in every layer it reads them (kv_source 'fixed'), so DeepStack features never reach them"
+    )
     reference: ClassVar[dict[str, str]] = {
         "repository": "EIT-NLP/ViCA",
         "commit": "1ca09b9",

@@ -76,3 +76,12 @@ def test_a_reduced_token_carries_its_anchors_features(bb, mode):
         got = out.deepstack[:, i, out.token_type[i] == TokenType.VISUAL]
         torch.testing.assert_close(got, src)
         assert bool((out.deepstack[:, i, out.token_type[i] != TokenType.VISUAL] == 0).all())
+
+
+def test_every_method_states_what_it_does_to_deepstack():
+    from harness.baselines import registry
+
+    effects = {name: registry.get(name).deepstack_effect() for name in registry.names()[1:]}
+    assert all(effects.values())
+    assert "never reach" in effects["vica"] and "never reach" in effects["saisa"]
+    assert "anchor" in effects["divprune"] and "dropped" in effects["fastv"]

@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
             "description": "no method",
             "host_reads": 0,
             "calibrates": None,
+            "deepstack": "as in HF",
             "reference": {
                 "repository": "transformers",
                 "commit": "",
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append(
             {"name": name, "stage": cls.stage, "needs_weights": cls.needs_weights, "knobs": cls.knobs(),
              "description": cls.description, "host_reads": cls.host_reads, "calibrates": cls.calibration_key,
-             "reference": cls.reference}
+             "reference": cls.reference, "deepstack": cls.deepstack_effect()}
         )  # fmt: skip
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
