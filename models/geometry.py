@@ -159,19 +159,8 @@ QWEN2_5_VL_VIT = replace(
 # Qwen3-VL-8B-Instruct vision_config (the installed Qwen3VLVisionConfig defaults; the checkpoint's
 # values UNVERIFIED here): 27 blocks, hidden 1152, GELU MLP 4304, 16 heads, patch 16, temporal patch 2,
 # merge 2, full attention everywhere; DeepStack mergers on blocks 8/16/24 (in the projector)
-QWEN3_VL_VIT = VisionGeometry(
-    name="qwen3-vl-vit",
-    layers=27,
-    layers_needed=27,
-    width=1152,
-    mlp=4304,
-    heads=16,
-    patch=16,
-    image_size=448,
-    cls_token=False,
-    temporal_patch=2,
-    merge=2,
-    select_layer=-1,
+QWEN3_VL_VIT = replace(
+    QWEN2_VL_VIT, name="qwen3-vl-vit", layers=27, layers_needed=27, width=1152, mlp=4304, patch=16
 )
 
 # SigLIP-so400m-patch14-384 as LLaVA-OneVision ships it (llava-onevision-qwen2-7b-ov-hf vision_config:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from harness.models.backbones.base import collate
-from harness.models.backbones.random import ragged_samples
+from harness.models.backbones.random import RANDOM_FAMILIES, ragged_samples
 from harness.models.executor import Executor
 from harness.models.plan import (
     DENSE_LAYER,
@@ -53,19 +53,7 @@ def hand_made_plans(n_layers: int) -> dict[str, VisualPlan]:
     }
 
 
-@pytest.mark.parametrize(
-    "family",
-    [
-        "llava-1.5",
-        "llava-next",
-        "llava-onevision",
-        "qwen2-vl",
-        "qwen2.5-vl",
-        "qwen3-vl",
-        "internvl3",
-        "internvl3.5",
-    ],
-)
+@pytest.mark.parametrize("family", list(RANDOM_FAMILIES))
 @pytest.mark.parametrize("plan_name", list(hand_made_plans(4)))
 def test_drop_equals_mask(random_backbones, family, plan_name):
     bb = random_backbones[family]

@@ -5,7 +5,7 @@ RMSNorm applied twice in the executor fails ``verify``."""
 import pytest
 
 from harness.models import executor
-from harness.models.backbones.random import ragged_samples
+from harness.models.backbones.random import RANDOM_FAMILIES, ragged_samples
 from harness.models.verify import TOLERANCE, verify_dense
 
 
@@ -20,19 +20,7 @@ def _norm_weights(bb):
     ]
 
 
-@pytest.mark.parametrize(
-    "family",
-    [
-        "llava-1.5",
-        "llava-next",
-        "llava-onevision",
-        "qwen2-vl",
-        "qwen2.5-vl",
-        "qwen3-vl",
-        "internvl3",
-        "internvl3.5",
-    ],
-)
+@pytest.mark.parametrize("family", list(RANDOM_FAMILIES))
 def test_random_models_draw_norm_weights(random_backbones, family):
     weights = _norm_weights(random_backbones[family])
     assert weights

@@ -97,8 +97,8 @@ _PUBLISHED: dict[tuple[str, str], tuple[dict[str, float], str]] = {
 #: visual tokens a generic pre-LLM reduction keeps, per family (InternVL: 1280 at 896 x 896, reduced
 #: by 80 / 90 / 95%)
 _PRUNE_TOKENS = {
-    "llava": (192, 128, 64, 32), "llava_next": (640, 320, 160), "qwen2_vl": (128, 64), "qwen2_5_vl": (128, 64), "qwen3_vl": (128, 64),
-    "internvl": (256, 128, 64),
+    "llava": (192, 128, 64, 32), "llava_next": (640, 320, 160),
+    "qwen2_vl": (128, 64), "qwen2_5_vl": (128, 64), "qwen3_vl": (128, 64), "internvl": (256, 128, 64),
 }  # fmt: skip
 
 

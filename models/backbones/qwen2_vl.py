@@ -88,16 +88,20 @@ class Qwen2VLBackbone(Backbone):
                     "features; build inputs with the checkpoint's processor"
                 )
             feats = [torch.empty(0)] * b
+            # DeepStack (Qwen3-VL): per decoder layer one feature per image token, laid out on the
+            # batch's slots [D, B, N, h], zero on rows that are not image tokens
+            stack = vision.extras.get("deepstack")
+            flat_ds = torch.stack(stack).to(embeds.dtype) if stack else None
+            deepstack = None if flat_ds is None else embeds.new_zeros(flat_ds.shape[0], *embeds.shape)
             start = 0
             for row, n in zip(img_rows, per_row, strict=True):
                 slots = (input_ids[row] == self.image_token_id).nonzero().flatten()
                 embeds[row, slots] = flat_emb[start : start + n].to(embeds.dtype)
                 coords[row, slots] = flat_crd[start : start + n]
                 feats[row] = flat_feat[start : start + n]
+                if deepstack is not None and flat_ds is not None:
+                    deepstack[:, row, slots] = flat_ds[:, start : start + n]
                 start += n
-            deepstack = _deepstack_batch(
-                vision.extras.get("deepstack"), input_ids, img_rows, self.image_token_id, embeds
-            )
             positions, _ = self.model.model.get_rope_index(
                 input_ids,
                 mm_token_type_ids=kw["mm_token_type_ids"],
@@ -131,24 +135,3 @@ class Qwen2VLBackbone(Backbone):
             "pixel_values": torch.cat([s["pixel_values"] for s in samples]),
             "image_grid_thw": torch.cat([s["image_grid_thw"] for s in samples]),
         }
-
-
-def _deepstack_batch(
-    per_layer: list[torch.Tensor] | None,
-    input_ids: torch.Tensor,
-    img_rows: list[int],
-    image_token: int,
-    embeds: torch.Tensor,
-) -> torch.Tensor | None:
-    """The towers's DeepStack features (per decoder layer, one row per image token of the batch in
-    prompt order) laid out on the batch's slots [D, B, N, h], zero on rows that are not image tokens."""
-    if not per_layer:
-        return None
-    flat = torch.stack(per_layer).to(embeds.dtype)  # [D, n_image_tokens, h]
-    out = embeds.new_zeros(flat.shape[0], *embeds.shape)
-    start = 0
-    for row in img_rows:
-        slots = (input_ids[row] == image_token).nonzero().flatten()
-        out[:, row, slots] = flat[:, start : start + slots.numel()]
-        start += slots.numel()
-    return out

@@ -213,15 +213,11 @@ def _image_processor(bb: Backbone):
             size={"shortest_edge": 84}, crop_size={"height": 84, "width": 84},
             image_grid_pinpoints=bb.config.image_grid_pinpoints,
         )  # fmt: skip
-    if bb.family == "qwen3_vl":  # 16 px patches, one token per 32 x 32 px
+    if bb.family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+        p = 16 if bb.family == "qwen3_vl" else 14  # patch side: one token per 2p x 2p pixels
         return Qwen2VLImageProcessorPil(
-            size={"shortest_edge": 64 * 64, "longest_edge": 32 * 32 * 16},
-            patch_size=16, merge_size=2, temporal_patch_size=2,
-        )  # fmt: skip
-    if bb.family in ("qwen2_vl", "qwen2_5_vl"):
-        return Qwen2VLImageProcessorPil(
-            size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16},
-            patch_size=14, merge_size=2, temporal_patch_size=2,
+            size={"shortest_edge": (4 * p) ** 2, "longest_edge": (2 * p) ** 2 * 16},
+            patch_size=p, merge_size=2, temporal_patch_size=2,
         )  # fmt: skip
     return None
 
