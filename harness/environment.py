@@ -99,6 +99,17 @@ def capture() -> dict[str, Any]:
     }
 
 
+def placement(launcher: str, job_id: str | None = None, node: str | None = None) -> dict[str, Any]:
+    """Where a record was produced, for its ``environment`` (never for its fingerprint): the
+    launcher, the node's host name and the scheduler's job id (a SLURM job outside any launcher
+    still names its job)."""
+    if job_id is None and os.environ.get("SLURM_JOB_ID"):
+        array = os.environ.get("SLURM_ARRAY_JOB_ID")
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        job_id = f"{array}_{task}" if array and task else os.environ["SLURM_JOB_ID"]
+    return {"launcher": launcher, "node": node or platform.node(), "job_id": job_id}
+
+
 def fingerprint_versions() -> dict[str, str | None]:
     """The library versions that change results (part of every cell fingerprint)."""
     return {name: lib_version(name) for name in ("torch", "transformers")}

@@ -95,24 +95,36 @@ def load(path: Path) -> Record:
     return Record.model_validate_json(Path(path).read_text())
 
 
+def record_files(out_dir: Path) -> list[Path]:
+    """The record files under a folder (recursively), sorted: every ``*.json`` except temporary
+    files of a write in flight (``.tmp-*``) and anything under a hidden folder (a launcher's
+    bookkeeping, e.g. ``.slurm/``)."""
+    root = Path(out_dir)
+    return [
+        p for p in sorted(root.rglob("*.json"))
+        if not p.name.startswith(".") and not any(part.startswith(".") for part in p.relative_to(root).parts[:-1])
+    ]  # fmt: skip
+
+
 def load_dir(out_dir: Path) -> list[Record]:
     """Every record under a folder (recursively), sorted by file name; unreadable files raise."""
-    return [load(p) for p in sorted(Path(out_dir).rglob("*.json")) if not p.name.startswith(".tmp-")]
+    return [load(p) for p in record_files(out_dir)]
 
 
-def finished_fingerprints(out_dir: Path) -> set[str]:
-    """Fingerprints of cells whose record exists with status ok (resume skips them)."""
+def finished_fingerprints(out_dir: Path, newer_than: float | None = None) -> set[str]:
+    """Fingerprints of cells whose record exists with status ok (resume skips them); with
+    ``newer_than`` (a time.time() value), only records written since then."""
     done: set[str] = set()
     root = Path(out_dir)
     if not root.exists():
         return done
-    for p in root.rglob("*.json"):
-        if p.name.startswith(".tmp-"):
-            continue
+    for p in record_files(root):
         try:
+            if newer_than is not None and p.stat().st_mtime < newer_than:
+                continue
             data = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if data.get("status") == "ok" and "fingerprint" in data:
+        if isinstance(data, dict) and data.get("status") == "ok" and "fingerprint" in data:
             done.add(data["fingerprint"])
     return done

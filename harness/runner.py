@@ -77,6 +77,13 @@ class RunSummary:
     records: list[records.Record] = field(default_factory=list)  # written by this run
     all_records: list[records.Record] = field(default_factory=list)  # every cell of the suite (incl. resumed)
 
+    def add(self, rec: records.Record) -> None:
+        """Count a record this run wrote."""
+        self.records.append(rec)
+        self.ran += 1
+        self.failed += rec.status == "failed"
+        self.skipped_unavailable += rec.status == "skipped"
+
 
 class _Backbones:
     """Opens each backbone once per run."""
@@ -160,6 +167,50 @@ def unavailable_record(cell: Cell, fp: str, env: dict[str, Any]) -> records.Reco
     return records.Record(**base, status="skipped", error="; ".join(needs.missing))
 
 
+def execute(
+    cell: Cell,
+    fp: str,
+    backbones: _Backbones,
+    env: dict[str, Any],
+    *,
+    work_threads: int | None = None,
+    attempt: int = 1,
+) -> records.Record:
+    """One cell to its record, wherever it runs (this process, a Ray actor, a SLURM array task):
+    a skipped record when this machine cannot run it, else the measured (or failed) one; the
+    record says which attempt of its launcher produced it (``details.attempt``)."""
+    rec = unavailable_record(cell, fp, env) or run_cell(cell, fp, backbones, env, work_threads)
+    rec.details["attempt"] = attempt
+    return rec
+
+
+def make_progress(enabled: bool):
+    """The one progress display of every launcher: the cell in flight, done/total, elapsed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        disable=not enabled, transient=False,
+    )  # fmt: skip
+
+
+def select_cells(suite: Suite, shard: tuple[int, int] | None = None, indices: list[int] | None = None):
+    """The suite's cells, narrowed to a shard and then to explicit cell indices (a launcher's chunk)."""
+    cells = select_shard(expand(suite), shard)
+    if indices is not None:
+        wanted = set(indices)
+        cells = [c for c in cells if c.index in wanted]
+    return cells
+
+
+def collect(summary: RunSummary, out_dir: Path, fingerprints: list[str]) -> RunSummary:
+    """Fill ``summary.all_records`` with the folder's record of each planned fingerprint."""
+    wanted = set(fingerprints)
+    by_fp = {r.fingerprint: r for r in records.load_dir(out_dir) if r.fingerprint in wanted}
+    summary.all_records = [by_fp[fp] for fp in fingerprints if fp in by_fp]
+    return summary
+
+
 def run_suite(
     suite: Suite,
     out_dir: Path,
@@ -168,21 +219,27 @@ def run_suite(
     shard: tuple[int, int] | None = None,
     progress: bool = True,
     work_threads: int | None = None,
+    indices: list[int] | None = None,
+    attempt: int = 1,
+    placement: dict[str, Any] | None = None,
+    redo_before: float | None = None,
 ) -> RunSummary:
+    """Run the suite's cells in this process (the ``local`` launcher, and the body of every SLURM
+    array task).  ``indices``: only these cells; ``placement``: where the run happens (launcher,
+    node, job id) for the records' ``environment``; ``redo_before``: with ``force``, re-run only
+    the cells whose ok record is older than this time (a requeued forced chunk keeps its progress)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cells = select_shard(expand(suite), shard)
-    done = set() if force else records.finished_fingerprints(out_dir)
-    env = environment.capture()
+    cells = select_cells(suite, shard, indices)
+    if force and redo_before is not None:
+        done = records.finished_fingerprints(out_dir, newer_than=redo_before)
+    else:
+        done = set() if force else records.finished_fingerprints(out_dir)
+    env = {**environment.capture(), **(placement or environment.placement("local"))}
     summary = RunSummary(cells=len(cells))
     backbones = _Backbones()
     todo = [(c, cell_fingerprint(c)) for c in cells]
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not progress, transient=False,
-    ) as bar:  # fmt: skip
+    with make_progress(progress) as bar:
         job = bar.add_task(f"suite {suite.name}", total=len(todo))
         for cell, fp in todo:
             bar.update(job, description=f"{cell.label()}")
@@ -190,14 +247,8 @@ def run_suite(
                 summary.skipped += 1
                 bar.advance(job)
                 continue
-            rec = unavailable_record(cell, fp, env) or run_cell(cell, fp, backbones, env, work_threads)
+            rec = execute(cell, fp, backbones, env, work_threads=work_threads, attempt=attempt)
             records.save(rec, out_dir)
-            summary.records.append(rec)
-            summary.ran += 1
-            summary.failed += rec.status == "failed"
-            summary.skipped_unavailable += rec.status == "skipped"
+            summary.add(rec)
             bar.advance(job)
-    wanted = {fp for _, fp in todo}
-    by_fp = {r.fingerprint: r for r in records.load_dir(out_dir) if r.fingerprint in wanted}
-    summary.all_records = [by_fp[fp] for _, fp in todo if fp in by_fp]
-    return summary
+    return collect(summary, out_dir, [fp for _, fp in todo])

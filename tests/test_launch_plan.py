@@ -1,0 +1,105 @@
+"""The launchers' shared partitioner and their command line: chunks by backbone within a GPU-minute
+budget, largest first, latency cells apart; the sbatch scripts for the paper suite equal a committed
+golden file; flags of one launcher are refused with another; a missing engine is one line."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.launch.partition import UNPRICED_MINUTES, cell_minutes, partition
+from harness.launch.slurm_launcher import parse_slurm_args, parse_time
+from harness.suite import expand, load_suite
+
+GOLDEN = Path(__file__).parent / "golden" / "sbatch_paper_gpu_max16.txt"
+
+
+def test_paper_chunks_respect_backbones_budget_and_latency():
+    cells = expand(load_suite("paper"))
+    by_index = {c.index: c for c in cells}
+    chunks = partition(cells, budget_minutes=60)
+    assert sorted(i for ch in chunks for i in ch.cells) == [c.index for c in cells]  # each cell once
+    for ch in chunks:
+        members = [by_index[i] for i in ch.cells]
+        assert len({(c.backbone.model, c.backbone.dtype, c.backbone.device) for c in members}) == 1
+        assert {c.scenario.kind == "latency" for c in members} == {ch.exclusive}
+        assert ch.minutes == pytest.approx(sum(cell_minutes(c) for c in members))
+        assert ch.minutes <= 60 or len(members) == 1  # only a cell above the budget stands alone
+        assert ch.cells == sorted(ch.cells)
+    assert [ch.minutes for ch in chunks] == sorted((ch.minutes for ch in chunks), reverse=True)
+    assert any(ch.exclusive for ch in chunks) and any(not ch.exclusive for ch in chunks)
+
+
+def test_unpriced_cells_count_one_minute_and_pack_first_fit():
+    cells = expand(load_suite("ci"))  # embedded backbone: no estimate
+    assert {cell_minutes(c) for c in cells} == {UNPRICED_MINUTES}
+    chunks = partition(cells, budget_minutes=5)
+    assert [len(ch.cells) for ch in chunks] == [5, 5, 5, 5, 1]
+    assert chunks[0].cells == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="positive"):
+        partition(cells, budget_minutes=0)
+
+
+def test_sbatch_scripts_for_the_paper_suite_equal_the_golden_file(tmp_path, capsys):
+    out = tmp_path / "paper"
+    argv = ["run", "--suite", "paper", "--launcher", "slurm", "--partition", "gpu", "--max-parallel", "16"]
+    assert main([*argv, "--plan", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    scripts = text[text.index("#!/bin/bash") :]
+    scripts = scripts.replace(str(out), "{OUT}").replace(shlex.quote(sys.executable), "{PYTHON}")
+    if os.environ.get("SEEBENCH_UPDATE_GOLDEN"):  # after a change to the paper suite or its estimates
+        GOLDEN.write_text(scripts)
+    assert scripts == GOLDEN.read_text(), (
+        "the sbatch scripts changed; if on purpose, re-run with SEEBENCH_UPDATE_GOLDEN=1 and review the diff"
+    )
+    assert "#SBATCH --array=0-483%16" in scripts and "#SBATCH --exclusive" in scripts
+    assert "#SBATCH --signal=USR2@90" in scripts and "#SBATCH --gpus-per-node=1" in scripts
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--partition", "gpu"], "--partition applies to --launcher slurm, not local"),
+        (["--launcher", "ray", "--max-parallel", "4"], "--max-parallel applies to --launcher slurm, not ray"),
+        (["--launcher", "slurm", "--workers", "2"], "--workers applies to --launcher ray, not slurm"),
+        (["--retries", "3"], "--retries applies to --launcher ray or slurm, not local"),
+        (["--launcher", "slurm", "--time", "soon"], "--time soon: give minutes (240) or H:MM:SS"),
+        (["--launcher", "slurm", "--slurm-arg", "account"], "--slurm-arg account: give KEY=VALUE"),
+    ],
+)
+def test_bad_launcher_flags_are_one_line(argv, message, tmp_path, capsys):
+    assert main(["run", "--suite", "ci", "--out", str(tmp_path), "--plan", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("harness: error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--retries", "-1"), ("--workers", "0"), ("--chunk-minutes", "0")]
+)
+def test_out_of_range_launcher_numbers_are_refused(flag, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--suite", "ci", "--launcher", "ray", flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and flag in err
+
+
+def test_a_missing_engine_names_its_extra(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    assert main(["run", "--suite", "ci", "--out", str(tmp_path), "--launcher", "ray"]) == 2
+    assert capsys.readouterr().err == (
+        "harness: error: --launcher ray needs ray, which is not installed: pip install 'seebench[ray]' "
+        "(or ./install.sh ray)\n"
+    )
+
+
+def test_slurm_time_and_passthrough_parsing():
+    assert [parse_time(t) for t in ["240", "4:00:00", "1-00:00", "1-2", "90:30"]] == [240, 240, 1440, 1560, 91]  # fmt: skip
+    assert parse_slurm_args(["account=lab", "--qos=high", "constraint=a100|h100"]) == {
+        "account": "lab", "qos": "high", "constraint": "a100|h100",
+    }  # fmt: skip
