@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness.launch.slurm_task import ChunkRun
 from harness.launch.worker import CellWorker
-from harness.records import load_dir
+from harness.records import Record, load_dir
 from harness.runner import run_suite
 from harness.suite import Suite
 
@@ -33,7 +33,7 @@ def write_suite(folder: Path, text: str = SMALL_SUITE) -> Path:
     return path
 
 
-def by_fingerprint(out: Path) -> dict[str, object]:
+def by_fingerprint(out: Path) -> dict[str, Record]:
     return {r.fingerprint: r for r in load_dir(out)}
 
 

@@ -103,3 +103,38 @@ def test_slurm_time_and_passthrough_parsing():
     assert parse_slurm_args(["account=lab", "--qos=high", "constraint=a100|h100"]) == {
         "account": "lab", "qos": "high", "constraint": "a100|h100",
     }  # fmt: skip
+
+
+def test_a_rerun_follows_the_arrays_still_queued_instead_of_resubmitting(tmp_path):
+    """``--no-wait`` then the same command again: the tasks of the earlier submission that SLURM
+    still lists as queued or running are followed, and only the other cells are submitted."""
+    import json
+
+    from harness.launch.slurm_launcher import SlurmDriver, SlurmOptions, _spec_key
+
+    suite = load_suite("ci")
+    cells = expand(suite)
+    ledger = tmp_path / ".slurm" / "arrays.jsonl"
+    ledger.parent.mkdir(parents=True)
+    entries = [("41_0", cells[:5]), ("41_1", cells[5:10]), ("42", cells[10:12])]
+    ledger.write_text(
+        "".join(
+            json.dumps({"job_id": j, "cluster": "slurm", "cells": [_spec_key(c.spec()) for c in cs]}) + "\n"
+            for j, cs in entries
+        )
+        + '{"job_id": "43", "cells": ['
+    )  # fmt: skip  (a line cut short by a killed driver)
+    submitted: list[list[int]] = []
+
+    class Driver(SlurmDriver):
+        def reattach(self, job_id, cluster):
+            return object() if job_id in ("41_1", "42") else None  # 41_0 has ended
+
+        def _submit(self, indices, attempt):
+            submitted.append(indices)
+
+    driver = Driver(suite, tmp_path, SlurmOptions(), retries=2, chunk_minutes=60, force=False, shard=None,
+                    progress=False, wait=False)  # fmt: skip
+    driver.run()
+    assert driver.adopted == ["41_1", "42"]
+    assert submitted == [[c.index for c in cells[:5] + cells[12:]]]

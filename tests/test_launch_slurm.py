@@ -96,3 +96,18 @@ def test_a_task_past_its_time_limit_is_requeued_and_resumes(small, tmp_path):
     assert {fp: r.metrics for fp, r in got.items()} == reference
     assert all(r.status == "ok" and r.details["attempt"] == 1 for r in got.values())
     assert len(driver.submitted) == 1 and driver.summary.failed == 0
+
+
+def test_no_wait_returns_after_submission_and_a_rerun_collects(small, tmp_path):
+    suite, reference = small
+    out = tmp_path / "slurm"
+    t0 = time.perf_counter()
+    driver = launch_slurm(suite, out, LOCAL, chunk_minutes=3, progress=False, wait=False)
+    assert time.perf_counter() - t0 < 10 and len(driver.submitted) == 2
+    assert len(list(out.glob("*.json"))) < len(reference)  # returned before the tasks finished
+    deadline = time.time() + 300
+    while time.time() < deadline and not all(s.job.done() for s in driver.submitted):
+        time.sleep(0.5)
+    again = launch_slurm(suite, out, LOCAL, chunk_minutes=3, progress=False)
+    assert again.submitted == [] and again.summary.skipped == len(reference)
+    assert {fp: r.metrics for fp, r in h.by_fingerprint(out).items()} == reference

@@ -250,7 +250,10 @@ def _run_slurm(args, suite, out: Path) -> int:
         force=args.force, shard=parse_shard_arg(args), progress=not args.no_progress, wait=wait,
     )  # fmt: skip
     if not wait:
-        n = len(driver.submitted)
+        n = len(driver.submitted) - len(driver.adopted)
+        if driver.adopted:
+            print(f"{len(driver.adopted)} array tasks of an earlier submission are still queued or running "
+                  f"({', '.join(driver.adopted)}); their cells were not submitted again")  # fmt: skip
         print(f"submitted {n} array tasks ({driver.summary.skipped} of {driver.summary.cells} cells already "
               f"done); job ids: {', '.join(driver.job_ids) or 'none'}; logs in {out / '.slurm'}. "
               f"Re-run the same command to follow, resume and retry.")  # fmt: skip

@@ -12,6 +12,7 @@ cells resubmitted, up to ``--retries`` times, then written ``failed`` naming why
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,24 @@ from ..suite import Cell, Suite
 from . import require
 from .partition import DEFAULT_CHUNK_MINUTES, Chunk, partition
 
+#: SLURM job states of a task that may still write records (an earlier submission being followed)
+ACTIVE_STATES = frozenset(
+    [
+        "PENDING",
+        "RUNNING",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "SUSPENDED",
+        "CONFIGURING",
+        "COMPLETING",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+        "STOPPED",
+        "RESV_DEL_HOLD",
+    ]
+)
 CLUSTERS = ("slurm", "local", "debug")  # local / debug: submitit's test stand-ins, no SLURM needed
 SIGNAL_DELAY_S = 90  # USR2 this long before the time limit: the task requeues itself and resumes
 
@@ -34,7 +53,7 @@ class SlurmOptions:
     partition: str | None = None
     gpus_per_task: int = 1
     max_parallel: int = 256
-    time_min: int | None = None  # None: twice the largest chunk's estimate, at least 30 minutes
+    time_min: float | None = None  # None: twice the largest chunk's estimate, at least 30 minutes
     slurm_args: dict[str, str] = field(default_factory=dict)
     cluster: str = "slurm"
     signal_delay_s: int = SIGNAL_DELAY_S
@@ -46,12 +65,13 @@ def parse_time(text: str) -> int:
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
     if not m:
         raise HarnessError(f"--time {text}: give minutes (240) or H:MM:SS (4:00:00) or D-HH:MM (1-00:00)")
-    d, a, b, c = (int(x) if x else None for x in m.groups())
-    if d is not None:  # D-HH[:MM[:SS]]
-        minutes = d * 1440 + a * 60 + (b or 0) + (1 if c else 0)
-    elif b is None:  # M
+    days, first, second, third = m.groups()
+    a, b, c = int(first), int(second or 0), int(third or 0)
+    if days is not None:  # D-HH[:MM[:SS]]
+        minutes = int(days) * 1440 + a * 60 + b + (1 if c else 0)
+    elif second is None:  # M
         minutes = a
-    elif c is None:  # M:SS
+    elif third is None:  # M:SS
         minutes = a + (1 if b else 0)
     else:  # H:MM:SS
         minutes = a * 60 + b + (1 if c else 0)
@@ -71,7 +91,7 @@ def parse_slurm_args(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def time_limit(opts: SlurmOptions, chunks: list[Chunk]) -> int:
+def time_limit(opts: SlurmOptions, chunks: list[Chunk]) -> float:
     """One array's time limit: --time, else twice its largest chunk's estimate (at least 30 min)."""
     if opts.time_min is not None:
         return opts.time_min
@@ -79,11 +99,11 @@ def time_limit(opts: SlurmOptions, chunks: list[Chunk]) -> int:
     return max(30, int(2 * largest + 0.999))
 
 
-def sbatch_parameters(opts: SlurmOptions, job_name: str, minutes: int, exclusive: bool) -> dict[str, Any]:
+def sbatch_parameters(opts: SlurmOptions, job_name: str, minutes: float, exclusive: bool) -> dict[str, Any]:
     """What the array's sbatch script says (submitit's SlurmExecutor parameters): one task per array
     element, so ``--gpus-per-task`` is the element's ``--gpus-per-node``."""
     params: dict[str, Any] = {
-        "job_name": job_name, "time": minutes, "nodes": 1, "ntasks_per_node": 1,
+        "job_name": job_name, "time": math.ceil(minutes), "nodes": 1, "ntasks_per_node": 1,
         "gpus_per_node": opts.gpus_per_task, "array_parallelism": opts.max_parallel,
         "signal_delay_s": opts.signal_delay_s,
     }  # fmt: skip
@@ -109,7 +129,7 @@ def _slurm_executor(submitit: Any, folder: Path, offline: bool = False) -> Any:
     return cls(folder=folder)
 
 
-def executor(opts: SlurmOptions, folder: Path, job_name: str, minutes: int, exclusive: bool) -> Any:
+def executor(opts: SlurmOptions, folder: Path, job_name: str, minutes: float, exclusive: bool) -> Any:
     submitit = require("slurm")
     if opts.cluster == "slurm":
         try:
@@ -184,6 +204,7 @@ class SlurmDriver:
         self.submitted: list[_Submitted] = []
         self.lost_reason: dict[int, str] = {}
         self.job_ids: list[str] = []
+        self.adopted: list[str] = []  # job ids of an earlier submission, followed instead of resubmitted
 
     def todo(self) -> list[int]:
         done = set() if self.force else records.finished_fingerprints(self.out)
@@ -202,9 +223,46 @@ class SlurmDriver:
                 self.task, [self.suite] * n, [str(self.out)] * n, [c.cells for c in group], [attempt] * n,
                 [self.force] * n, [self.started] * n,
             )  # fmt: skip
-            for job, chunk in zip(jobs, group, strict=True):
-                self.submitted.append(_Submitted(job, chunk.cells, attempt))
-                self.job_ids.append(str(job.job_id))
+            ledger = self.folder / "arrays.jsonl"
+            with ledger.open("a") as fh:
+                for job, chunk in zip(jobs, group, strict=True):
+                    self.submitted.append(_Submitted(job, chunk.cells, attempt))
+                    self.job_ids.append(str(job.job_id))
+                    fh.write(json.dumps({"job_id": str(job.job_id), "cluster": self.opts.cluster,
+                                         "cells": [self.keys[i] for i in chunk.cells]}) + "\n")  # fmt: skip
+
+    def reattach(self, job_id: str, cluster: str) -> Any | None:
+        """The job of an earlier submission if it is still queued or running, else None (the
+        stand-in executors' jobs do not outlive their driver)."""
+        if cluster != "slurm" or self.opts.cluster != "slurm":
+            return None
+        import submitit
+
+        job = submitit.SlurmJob(folder=self.folder, job_id=job_id)
+        return job if str(job.state).split(" ")[0] in ACTIVE_STATES else None
+
+    def adopt(self) -> set[int]:
+        """Follow the array tasks an earlier run of this command submitted that are still queued or
+        running (``--no-wait``, or a driver that was stopped): their cells are not submitted again."""
+        ledger = self.folder / "arrays.jsonl"
+        if not ledger.exists():
+            return set()
+        planned = {k: i for i, k in self.keys.items()}
+        taken: set[int] = set()
+        for line in ledger.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a killed driver
+            cells = [planned[k] for k in entry.get("cells", []) if k in planned]
+            if not cells or set(cells) <= taken:
+                continue
+            job = self.reattach(str(entry["job_id"]), entry.get("cluster", "slurm"))
+            if job is not None:
+                self.submitted.append(_Submitted(job, cells, 1))
+                self.adopted.append(str(entry["job_id"]))
+                taken.update(cells)
+        return taken
 
     def _written(self) -> dict[str, str]:
         """Spec key -> status of the records this launch's tasks wrote (by modification time)."""
@@ -226,19 +284,22 @@ class SlurmDriver:
 
         try:
             exc = sub.job.exception()
-        except UncompletedJobError as e:
-            return False, f"array task {sub.job.job_id} ended without a result ({_first(e)})"
         except FailedJobError as e:
             return False, f"array task {sub.job.job_id} failed ({_first(e)})"
+        except UncompletedJobError as e:
+            return False, f"array task {sub.job.job_id} ended without a result ({_first(e)})"
         if exc is not None:
             return False, f"array task {sub.job.job_id} raised {type(exc).__name__}: {_first(exc)}"
         return True, ""
 
     def run(self) -> RunSummary:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        followed = self.adopt()
         todo = self.todo()
         self.summary.skipped = len(self.cells) - len(todo)
-        if todo:
-            self._submit(todo, attempt=1)
+        fresh = [i for i in todo if i not in followed]
+        if fresh:
+            self._submit(fresh, attempt=1)
         if not self.wait:
             return self.summary
         poll = self.opts.poll_s or (30.0 if self.opts.cluster == "slurm" else 1.0)
