@@ -102,6 +102,18 @@ class _Backbones:
 TIMED_SCENARIOS = ("latency",)  # run at the configured thread count (1 unless told otherwise)
 
 
+def worker_threads(cores: int | None = None) -> int:
+    """In a launcher's worker process: timed cells at $SEEBENCH_THREADS or 1 thread, as the local
+    launcher times them; returns the thread count for the cells that time nothing (the cores this
+    worker may use)."""
+    import os
+
+    torch.set_num_threads(int(os.environ.get("SEEBENCH_THREADS", "1")))
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores)
+
+
 def run_cell(
     cell: Cell, fp: str, backbones: _Backbones, env: dict[str, Any], work_threads: int | None = None
 ) -> records.Record:

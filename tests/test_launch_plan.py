@@ -138,3 +138,39 @@ def test_a_rerun_follows_the_arrays_still_queued_instead_of_resubmitting(tmp_pat
     driver.run()
     assert driver.adopted == ["41_1", "42"]
     assert submitted == [[c.index for c in cells[:5] + cells[12:]]]
+
+
+def test_ray_scheduler_times_latency_cells_alone_on_their_node():
+    """The Ray driver's choice of the next cell, without Ray: an actor keeps to its backbone, a
+    latency cell waits until the other actors on its node are idle (and reserves the node), and
+    nothing else starts on a node while a latency cell runs there."""
+    from collections import deque
+
+    from harness.launch.ray_launcher import RayDriver, _Slot
+    from harness.suite import Suite
+
+    suite = Suite.model_validate({
+        "name": "sched",
+        "backbones": [{"name": "a", "model": "random:llava-1.5"}, {"name": "b", "model": "random:qwen2-vl"}],
+        "scenarios": [{"kind": "verify"}, {"kind": "flops"}, {"kind": "latency"}],
+    })  # fmt: skip
+    cells = {c.index: c for c in expand(suite)}  # a: 0 verify, 1 flops, 2 latency; b: 3, 4, 5
+    driver = object.__new__(RayDriver)
+    driver.cells, driver.reserved = cells, set()
+    key_a, key_b = (("random:llava-1.5", "float32", "cpu"), ("random:qwen2-vl", "float32", "cpu"))
+    driver.queues = {key_a: deque([1, 2]), key_b: deque([3, 4, 5])}
+    busy = _Slot(0, None, state="busy", info={"node_id": "n1"}, held=key_a, cell=0)
+    mate = _Slot(1, None, state="idle", info={"node_id": "n1"}, held=key_a)
+    other = _Slot(2, None, state="idle", info={"node_id": "n2"}, held=key_b)
+    driver.slots = [busy, mate, other]
+
+    assert driver._next_cell(mate) == 1  # its own backbone first
+    mate.state, mate.cell = "busy", 1
+    busy.state, busy.cell = "idle", None
+    assert driver._next_cell(busy) is None and driver.reserved == {"n1"}  # latency cell 2 waits for mate
+    assert driver._next_cell(other) == 3  # another node is not held up
+    mate.state, mate.cell = "idle", None
+    assert driver._next_cell(mate) == 2 and driver.reserved == set()  # node n1 free: the latency cell runs
+    mate.state, mate.cell = "busy", 2
+    assert driver._next_cell(busy) is None  # nothing starts beside a running latency cell
+    assert driver._next_cell(other) == 4

@@ -11,7 +11,7 @@ from typing import Any
 import submitit
 
 from .. import environment
-from ..runner import run_suite
+from ..runner import run_suite, worker_threads
 from ..suite import Suite
 
 
@@ -27,7 +27,7 @@ class ChunkRun(submitit.helpers.Checkpointable):
             job_id, node = None, platform.node()
         summary = run_suite(
             suite, Path(out_dir), indices=indices, attempt=attempt, force=force, redo_before=redo_before,
-            progress=False, placement=environment.placement("slurm", job_id=job_id, node=node),
+            progress=False, work_threads=worker_threads(), placement=environment.placement("slurm", job_id=job_id, node=node),
         )  # fmt: skip
         # every cell of the chunk was either run (its record written) or found done: the task is whole
         return {"ran": summary.ran, "resumed": summary.skipped, "failed": summary.failed}

@@ -9,16 +9,13 @@ import platform
 from typing import Any
 
 from .. import environment
-from ..runner import _Backbones, cell_fingerprint, execute
+from ..runner import _Backbones, cell_fingerprint, execute, worker_threads
 from ..suite import Suite, expand
 
 
 class CellWorker:
     def __init__(self, suite: Suite, threads: int | None = None, launcher: str = "ray") -> None:
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
+        self.work_threads = worker_threads(threads)  # the CPU slots this worker holds
         self.cells = {c.index: c for c in expand(suite)}
         self.backbones = _Backbones()
         self.launcher = launcher
@@ -50,5 +47,8 @@ class CellWorker:
 
     def run(self, index: int, fingerprint: str, attempt: int) -> str:
         """One cell; the record as JSON (the driver validates and writes it)."""
-        rec = execute(self.cells[index], fingerprint, self.backbones, self.environment(), attempt=attempt)
+        rec = execute(
+            self.cells[index], fingerprint, self.backbones, self.environment(),
+            work_threads=self.work_threads, attempt=attempt,
+        )  # fmt: skip
         return rec.model_dump_json()
