@@ -101,3 +101,19 @@ class SlowChunkRun(ChunkRun):
 
         harness.runner.execute = slow
         return super().__call__(*args, **kwargs)
+
+
+class BrokenOnRestartWorker(CellWorker):
+    """Dies at its first cell and cannot start again (its constructor raises once ``marker``
+    exists): the run is left without workers."""
+
+    marker = ""
+
+    def __init__(self, *args, **kwargs) -> None:
+        if Path(self.marker).exists():
+            raise RuntimeError("this worker's node lost its GPU")
+        super().__init__(*args, **kwargs)
+
+    def run(self, index: int, fingerprint: str, attempt: int) -> str:
+        Path(self.marker).touch()
+        os._exit(1)

@@ -121,3 +121,16 @@ def test_worker_fingerprints_are_the_workers_own(cluster, small, tmp_path, monke
     again = launch_ray(suite, out, workers=2, progress=False, worker_cls=h.OtherTorchWorker)
     assert (again.ran, again.skipped) == (0, len(worker_fps))
     assert h.mtimes(out) == before
+
+
+def test_with_no_worker_left_the_remaining_cells_fail_with_the_reason(cluster, small, tmp_path):
+    suite, reference = small
+    out = tmp_path / "ray"
+    h.BrokenOnRestartWorker.marker = str(tmp_path / "broken")
+    summary = launch_ray(suite, out, workers=2, revive_timeout=20, progress=False,
+                         worker_cls=h.BrokenOnRestartWorker)  # fmt: skip
+    got = h.by_fingerprint(out)
+    assert set(got) == set(reference) and all(r.status == "failed" for r in got.values())
+    assert all((r.error or "").startswith("WorkerLost: no Ray worker left (") for r in got.values())
+    assert any("this worker's node lost its GPU" in (r.error or "") for r in got.values())
+    assert summary.failed == len(reference) and exit_code(summary) == 1

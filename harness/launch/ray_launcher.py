@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -278,8 +279,13 @@ class RayDriver:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
+    """One line for a Ray error: its type and, when Ray carries the worker's own exception (a
+    failed constructor, an error in a task), that exception's last line."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if ln.strip()]
+    inner = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b: ", ln)]
+    if inner and not inner[-1].startswith(type(exc).__name__):
+        return f"{type(exc).__name__} ({inner[-1][:200]})"
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
 
 def connect(ray: Any, address: str | None, workers: int | None, init_kwargs: dict[str, Any] | None) -> bool:

@@ -198,9 +198,14 @@ class SlurmDriver:
         # the driver's fingerprints only decide what need not be submitted; each array task
         # computes its own on its node, and the records carry those
         self.fps = {i: cell_fingerprint(c) for i, c in self.cells.items()}
-        self.started = time.time()
         self.summary = RunSummary(cells=len(self.cells))
         self.folder = self.out / ".slurm"
+        # "written by this launch" compares record mtimes with the shared filesystem's own clock
+        # (a login node's clock may differ from the file server's)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        marker = self.folder / "launch-started"
+        marker.touch()
+        self.started = marker.stat().st_mtime
         self.submitted: list[_Submitted] = []
         self.lost_reason: dict[int, str] = {}
         self.job_ids: list[str] = []
@@ -293,7 +298,6 @@ class SlurmDriver:
         return True, ""
 
     def run(self) -> RunSummary:
-        self.folder.mkdir(parents=True, exist_ok=True)
         followed = self.adopt()
         todo = self.todo()
         self.summary.skipped = len(self.cells) - len(todo)
