@@ -21,7 +21,8 @@ def quiet_lmms_logging() -> None:
     except ImportError:  # pragma: no cover
         return
     logger.remove()
-    logger.add(sys.stderr, level=os.environ.get("SEEBENCH_LMMS_LOG", "WARNING"))
+    # a callable sink: it writes to whatever sys.stderr is at the time (the run's log during a cell)
+    logger.add(lambda msg: sys.stderr.write(msg), level=os.environ.get("SEEBENCH_LMMS_LOG", "WARNING"))
 
 
 def evaluate_task(

@@ -12,12 +12,13 @@ import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SCHEMA_VERSION = 1
 
@@ -106,9 +107,44 @@ def record_files(out_dir: Path) -> list[Path]:
     ]  # fmt: skip
 
 
+def not_a_record(path: Path) -> str | None:
+    """Why a JSON file under a records folder is not a record (None when it is one)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"unreadable ({type(exc).__name__})"
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON (line {exc.lineno})"
+    if not isinstance(data, dict) or "fingerprint" not in data or "scenario" not in data:
+        return "not a seebench record (no 'fingerprint' and 'scenario' keys)"
+    try:
+        Record.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "top level"
+        return f"not a valid record ({where}: {err['msg']})"
+    return None
+
+
+_WARNED: set[Path] = set()
+
+
 def load_dir(out_dir: Path) -> list[Record]:
-    """Every record under a folder (recursively), sorted by file name; unreadable files raise."""
-    return [load(p) for p in record_files(out_dir)]
+    """Every record under a folder (recursively), sorted by file name.  A JSON file that is not a
+    record (a benchmark's own output, a half-copied file) is skipped with one warning line on
+    stderr naming it and why, once per process."""
+    out = []
+    for p in record_files(out_dir):
+        try:
+            out.append(load(p))
+            continue
+        except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
+            pass
+        why = not_a_record(p) or "unreadable"
+        if p.resolve() not in _WARNED:
+            _WARNED.add(p.resolve())
+            print(f"harness: warning: skipped {p}: {why}", file=sys.stderr)
+    return out
 
 
 def finished_fingerprints(out_dir: Path, newer_than: float | None = None) -> set[str]:

@@ -17,6 +17,7 @@ import torch
 
 from . import environment, records
 from .backbones import model_identity, open_backbone
+from .console import stderr_to
 from .errors import HarnessError
 from .scenarios import SCENARIOS, CellContext
 from .suite import Cell, Suite, expand
@@ -235,11 +236,13 @@ def run_suite(
     attempt: int = 1,
     placement: dict[str, Any] | None = None,
     redo_before: float | None = None,
+    log: Path | None = None,
 ) -> RunSummary:
     """Run the suite's cells in this process (the ``local`` launcher, and the body of every SLURM
     array task).  ``indices``: only these cells; ``placement``: where the run happens (launcher,
     node, job id) for the records' ``environment``; ``redo_before``: with ``force``, re-run only
-    the cells whose ok record is older than this time (a requeued forced chunk keeps its progress)."""
+    the cells whose ok record is older than this time (a requeued forced chunk keeps its progress);
+    ``log``: the file that takes what libraries print to stderr while a cell runs (None: the terminal)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = select_cells(suite, shard, indices)
@@ -259,7 +262,8 @@ def run_suite(
                 summary.skipped += 1
                 bar.advance(job)
                 continue
-            rec = execute(cell, fp, backbones, env, work_threads=work_threads, attempt=attempt)
+            with stderr_to(log):
+                rec = execute(cell, fp, backbones, env, work_threads=work_threads, attempt=attempt)
             records.save(rec, out_dir)
             summary.add(rec)
             bar.advance(job)

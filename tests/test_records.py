@@ -58,3 +58,43 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
         records.write_atomic(target, "new")
     assert target.read_text() == "old"
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def _folder_with_strays(tmp_path):
+    records.save(_rec(fingerprint="a" * 64), tmp_path)
+    (tmp_path / "bench.json").write_text('{"bs1": {"p50_s": 0.1}}')  # a benchmark's own output
+    (tmp_path / "cut.json").write_text('{"fingerprint": "x", "scen')  # half copied
+    (tmp_path / "odd.json").write_text(json.dumps({**_rec().model_dump(), "status": "maybe"}))
+    (tmp_path / ".slurm").mkdir()
+    (tmp_path / ".slurm" / "state.json").write_text("{}")  # a launcher's bookkeeping: not even read
+    return tmp_path
+
+
+def test_load_dir_skips_non_records_with_one_warning_each(tmp_path, capsys):
+    folder = _folder_with_strays(tmp_path)
+    assert [r.fingerprint for r in records.load_dir(folder)] == ["a" * 64]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        f"harness: warning: skipped {folder / 'bench.json'}: not a seebench record (no 'fingerprint' and "
+        "'scenario' keys)",
+        f"harness: warning: skipped {folder / 'cut.json'}: not valid JSON (line 1)",
+        f"harness: warning: skipped {folder / 'odd.json'}: not a valid record (status: Input should be 'ok', "
+        "'failed' or 'skipped')",
+    ]
+    records.load_dir(folder)  # once per file and process
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("command", [["report", "{d}", "--out", "{d}/../report"], ["compare", "{d}", "{d}"],
+                                     ["merge", "{d}", "--out", "{d}/../merged"]])  # fmt: skip
+def test_report_compare_merge_run_over_stray_json_files(command, tmp_path, capsys):
+    from harness.cli import main
+
+    folder = _folder_with_strays(tmp_path / "recs")
+    records._WARNED.clear()
+    assert main([a.format(d=folder) for a in command]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [ln.split(":")[2].strip().split()[-1] for ln in err.splitlines()] == [
+        str(folder / n) for n in ("bench.json", "cut.json", "odd.json")
+    ]

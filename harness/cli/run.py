@@ -9,6 +9,8 @@ from pathlib import Path
 from ..errors import HarnessError
 from ..launch import LAUNCHERS
 
+RUN_LOG = "run.log"  # under --out: what the libraries printed while cells ran
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     r = subparsers.add_parser("run", help="run a suite (YAML file or bundled name) into one record per cell")
@@ -17,6 +19,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--force", action="store_true", help="re-run cells that already have a record")
     r.add_argument("--shard", help="i/N: run only every N-th cell starting at i (1-based)")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--verbose", action="store_true",
+                   help="show what lmms-eval, datasets and transformers print (default: OUT/run.log)")  # fmt: skip
     r.add_argument(
         "--plan", action="store_true",
         help="print the cell matrix, what each needs and what is here (with --launcher ray/slurm: the chunks, "
@@ -109,11 +113,19 @@ def run(args: argparse.Namespace) -> int:
         return _run_slurm(args, suite, out)
     # cells that time nothing use every core unless --threads / SEEBENCH_THREADS says otherwise
     explicit = args.threads is not None or "SEEBENCH_THREADS" in os.environ
+    log = None if args.verbose else out / RUN_LOG
+    since = log.stat().st_size if log is not None and log.exists() else 0
     summary = run_suite(
         suite, out, force=args.force, shard=parse_shard(args.shard), progress=not args.no_progress,
-        work_threads=None if explicit else (os.cpu_count() or 1),
+        work_threads=None if explicit else (os.cpu_count() or 1), log=log,
     )  # fmt: skip
     _print_run(summary, out)
+    if log is not None:
+        from ..console import log_summary
+
+        line = log_summary(log, since)
+        if line:
+            print(line)
     return exit_code(summary)
 
 
