@@ -198,12 +198,12 @@ def execute(
 
 
 def make_progress(enabled: bool):
-    """The one progress display of every launcher: the cell in flight, done/total, elapsed."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """The one progress display of every launcher: the cell in flight, done/total, elapsed, ETA."""
+    from rich import progress as rp
 
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not enabled, transient=False,
+    return rp.Progress(
+        rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(), rp.TimeElapsedColumn(),
+        rp.TextColumn("eta"), rp.TimeRemainingColumn(), disable=not enabled, transient=False,
     )  # fmt: skip
 
 
